@@ -1,0 +1,128 @@
+"""Model sources: turn what the user passed as ``model`` into a local HF folder.
+
+Sources, tried in this order:
+  None              the default model (SmolLM2-135M-Instruct, see default_model.py)
+  an existing dir   a Hugging Face folder: config.json plus *.safetensors
+  a .gguf file      converted once through transformers into a cached HF folder
+  anything else     a hub id, looked up in the local HF cache (HF_HUB_OFFLINE honoured)
+
+Weights are read from safetensors only (never pickles), and no checkpoint code runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+
+
+class ModelSourceError(ValueError):
+    """The model source could not be resolved; the message says what was tried."""
+
+
+def cache_dir() -> Path:
+    """Where folo_edu keeps converted models: $FOLO_EDU_CACHE or ~/.cache/folo_edu."""
+    return Path(os.environ.get("FOLO_EDU_CACHE", Path.home() / ".cache" / "folo_edu"))
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> Path:
+    """Return a local HF folder for ``model``; raise ModelSourceError saying what was tried."""
+    if model is None:
+        from folo_edu.models.default_model import download_model
+
+        return Path(download_model(quiet=True))
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model={model!r}: expected a folder, a .gguf file, a hub id or None")
+    path = Path(model).expanduser()
+    if path.is_dir():
+        _check_hf_folder(path)
+        return path
+    if str(model).endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSourceError(f"model={str(model)!r}: tried a GGUF file, but no such file")
+        return convert_gguf(path)
+    looks_like_path = str(model).startswith((".", "/", "~")) or str(model).count("/") > 1
+    if looks_like_path:
+        raise ModelSourceError(f"model={str(model)!r}: tried a local folder, but no such "
+                               "path exists (and it does not look like a hub id 'org/name')")
+    return _resolve_hub_id(str(model))
+
+
+def _check_hf_folder(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"model={str(path)!r}: tried a local HF folder, but it has no "
+                               "config.json")
+    if not list(path.glob("*.safetensors")):
+        found = sorted(p.name for p in path.iterdir())[:8]
+        raise ModelSourceError(f"model={str(path)!r}: tried a local HF folder, but it has no "
+                               f"*.safetensors weights (found {found}); folo_edu loads "
+                               "safetensors only, never pickled .bin files")
+
+
+def _resolve_hub_id(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        path = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja",
+                                                          "*.txt", "*.model"],
+                                 local_files_only=offline)
+    except Exception as e:  # noqa: BLE001 - the hub raises many kinds; we explain them all
+        how = "in the local HF cache (HF_HUB_OFFLINE=1)" if offline else "on the Hugging Face hub"
+        raise ModelSourceError(
+            f"model={repo_id!r}: not a local path or .gguf file, so tried it as a hub id "
+            f"{how}, and that failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    _check_hf_folder(Path(path))
+    return Path(path)
+
+
+def load_hf_config(path: str | os.PathLike):
+    """Read config.json with transformers and check that folo_edu can run it."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001
+        raise ModelSourceError(f"model={str(path)!r}: config.json could not be read: "
+                               f"{type(e).__name__}: {e}") from e
+    archs = getattr(config, "architectures", None) or []
+    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+        raise ModelSourceError(
+            f"model={str(path)!r}: architectures={archs!r} is not supported; "
+            f"expected one of {', '.join(SUPPORTED_ARCHITECTURES)}")
+    return config
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
+    """Dequantize a GGUF file through transformers into a cached safetensors HF folder.
+
+    The folder is keyed by the file's name, size and mtime, so the conversion runs
+    once. It holds config.json, model.safetensors, the tokenizer and its chat template.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    out_dir = out_dir or cache_dir() / "gguf" / f"{gguf_path.stem}-{key.hexdigest()[:12]}"
+    if (out_dir / "config.json").is_file() and list(out_dir.glob("*.safetensors")):
+        return out_dir
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
+                                                     dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001
+        raise ModelSourceError(f"model={str(gguf_path)!r}: tried to read it as GGUF through "
+                               f"transformers and gguf, and that failed: "
+                               f"{type(e).__name__}: {e}") from e
+    # The weights are now dequantized floats: drop the GGUF quantizer so they save plainly.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out_dir)  # atomic: a crash mid-way never leaves a half folder behind
+    return out_dir
