@@ -72,6 +72,7 @@ class ModelConfig:
 
         _choice("ModelConfig", "dtype", self.dtype, ("auto", *DTYPES))
         _choice("ModelConfig", "device", self.device, DEVICES)
+        resolve_device(self.device)  # fail now, not at the first forward pass
         _int_field("ModelConfig", "seed", self.seed, 0, "an int >= 0")
         if self.trust_remote_code:
             raise _bad("ModelConfig", "trust_remote_code", True,

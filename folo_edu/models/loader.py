@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
@@ -77,6 +79,34 @@ def _resolve_hub_id(repo_id: str) -> Path:
     return Path(path)
 
 
+def load_safetensors_state(path: str | os.PathLike) -> dict:
+    """All tensors of the *.safetensors files in a folder (or one file), by name.
+
+    Any file that fails to load raises ModelSourceError naming that file, so a
+    truncated or corrupt download is reported as such, not as a shape error later.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelSourceError(f"model={str(path)!r}: tried to load *.safetensors weights, "
+                               "but found none")
+    state: dict = {}
+    for file in files:
+        try:
+            tensors = load_file(str(file))
+        except Exception as e:  # noqa: BLE001 - a corrupt file raises many kinds
+            raise ModelSourceError(f"weights file {str(file)!r}: tried to load it as "
+                                   f"safetensors, and that failed: {type(e).__name__}: {e}") from e
+        twice = sorted(set(state) & set(tensors))
+        if twice:
+            raise ModelSourceError(f"weights file {str(file)!r}: tensors {twice[:3]} are also "
+                                   "in another *.safetensors file of the folder")
+        state.update(tensors)
+    return state
+
+
 def load_hf_config(path: str | os.PathLike):
     """Read config.json with transformers and check that folo_edu can run it."""
     from transformers import AutoConfig
@@ -121,8 +151,17 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         delattr(model.config, "quantization_config")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    # Write into a private temp folder, then rename (atomic): a crash mid-way never
+    # leaves a half folder behind, and two processes converting at once do not collide.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=out_dir.name + ".tmp"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(out_dir)  # atomic: a crash mid-way never leaves a half folder behind
+    try:
+        tmp.rename(out_dir)
+    except OSError:
+        if not (out_dir / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # another process finished the same conversion first
     return out_dir

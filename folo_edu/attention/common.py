@@ -1,0 +1,40 @@
+"""Helpers shared by the attention backends: writing and reading the KV cache.
+
+The cache of one layer is two tensors, K and V, each
+[num_blocks, block_size, num_kv_heads, head_dim]. A token's *slot* is
+block_id * block_size + offset; the model runner computes it (slot_mapping).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def write_kv(k_cache, v_cache, k, v, slot_mapping) -> None:
+    """Store this step's K and V ([T, KVH, D]) at their slots in the cache."""
+    k_cache.view(-1, *k_cache.shape[2:])[slot_mapping] = k
+    v_cache.view(-1, *v_cache.shape[2:])[slot_mapping] = v
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """K or V of one sequence, [length, KVH, D], read through its block table.
+
+    With one block (the contiguous cache) this is a view: no copy at all.
+    """
+    block_size = cache.shape[1]
+    if length <= block_size:
+        return cache[block_table[0], :length]
+    blocks = -(-length // block_size)
+    return cache[block_table[:blocks]].flatten(0, 1)[:length]
+
+
+def gather_kv_batch(cache: torch.Tensor, block_tables: torch.Tensor, max_len: int):
+    """K or V of several sequences, [B, max_len, KVH, D], padded to the longest."""
+    if max_len <= cache.shape[1]:
+        return cache[block_tables[:, 0], :max_len]
+    return cache[block_tables].flatten(1, 2)[:, :max_len]
+
+
+def causal_mask(query_len: int, seq_len: int, device) -> torch.Tensor:
+    """[query_len, seq_len] bool: query i (at position seq_len-query_len+i) sees keys <= it."""
+    q_pos = torch.arange(seq_len - query_len, seq_len, device=device)[:, None]
+    return torch.arange(seq_len, device=device)[None, :] <= q_pos

@@ -1,0 +1,204 @@
+"""LLMEngine: add requests, step, get outputs. The loop every server is built on.
+
+    add_request  tokenize and validate; a bad request is refused before it touches
+                 any state, so the requests already running never notice it
+    step         schedule -> run the model once -> update requests -> outputs
+    abort        a request leaves at once and its KV blocks are freed
+"""
+from __future__ import annotations
+
+import time
+
+from folo_edu.config import EngineConfig
+from folo_edu.engine.model_runner import ModelRunner
+from folo_edu.engine.output_processor import OutputProcessor
+from folo_edu.engine.scheduler import Scheduler
+from folo_edu.kv_cache.manager import KVCacheManager
+from folo_edu.outputs import RequestOutput
+from folo_edu.request import Request, RequestStatus
+from folo_edu.sampling_params import RequestOutputKind, SamplingParams
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"model={path!r}: no tokenizer could be loaded ({type(e).__name__}); "
+                         "pass skip_tokenizer_init=True to run on token ids only") from e
+
+
+class LLMEngine:
+    """The engine behind LLM. Use it directly to interleave requests and steps."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        mc = config.model_config
+        self.tokenizer = None if mc.skip_tokenizer_init else load_tokenizer(mc.path)
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is None:
+            eos = mc.hf_config.eos_token_id
+            eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+        self.eos_token_id: int | None = eos
+        self.vocab_size = mc.hf_config.vocab_size
+        self.max_model_len = mc.max_model_len
+        self.kv_manager = KVCacheManager(config.cache_config.num_kv_blocks,
+                                         config.tokens_per_block)
+        self.scheduler = Scheduler(config.scheduler_config, self.kv_manager, mc.max_model_len)
+        self.runner = ModelRunner(config)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        # user request id -> (its child sequence requests, output kind)
+        self._groups: dict[str, tuple[list[Request], RequestOutputKind]] = {}
+        self._parent_of: dict[str, str] = {}
+        self._last_step_tokens = 0
+
+    @classmethod
+    def from_kwargs(cls, model=None, **kwargs) -> "LLMEngine":
+        return cls(EngineConfig.from_kwargs(model, **kwargs))
+
+    # ---- requests --------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt, params: SamplingParams | None = None,
+                    arrival_time: float | None = None) -> None:
+        """Queue a request. prompt: a str, or {"prompt_token_ids": [...]}.
+
+        Raises ValueError/TypeError (and changes nothing) for a bad id, prompt or params.
+        """
+        if not isinstance(request_id, str) or not request_id:
+            raise TypeError(f"request_id={request_id!r}: expected a non-empty str")
+        if request_id in self._groups:
+            raise ValueError(f"request_id={request_id!r}: a request with this id is "
+                             "already running; expected a new id")
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"sampling_params={params!r}: expected a SamplingParams")
+        text, token_ids = self._tokenize(prompt)
+        max_tokens = self._check_lengths(token_ids, params)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        children = []
+        for i in range(params.n):
+            child_params = params.clone(
+                n=1, max_tokens=max_tokens,
+                seed=None if params.seed is None else params.seed + i)
+            if self.eos_token_id is not None and not params.ignore_eos:
+                child_params.all_stop_token_ids.add(self.eos_token_id)
+            rid = request_id if params.n == 1 else f"{request_id}#{i}"
+            child = Request(rid, token_ids, child_params, arrival, self.eos_token_id, text)
+            if params.prompt_logprobs is not None:
+                child.prompt_logprobs = [None]
+            children.append(child)
+        for child in children:
+            self.scheduler.add_request(child)
+            self.output_processor.add_request(child)
+            self._parent_of[child.request_id] = request_id
+        self._groups[request_id] = (children, params.output_kind)
+
+    def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("prompt is a str but the engine has no tokenizer "
+                                 "(skip_tokenizer_init=True); expected "
+                                 "{'prompt_token_ids': [...]}")
+            text, ids = prompt, self.tokenizer.encode(prompt, add_special_tokens=True)
+        elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            text, ids = prompt.get("prompt"), prompt["prompt_token_ids"]
+            if not isinstance(ids, (list, tuple)) or not all(
+                    isinstance(t, int) and not isinstance(t, bool) for t in ids):
+                raise TypeError(f"prompt_token_ids={ids!r}: expected a list of ints")
+            ids = list(ids)
+        else:
+            raise TypeError(f"prompt={prompt!r}: expected a str or a dict with "
+                            "'prompt_token_ids'")
+        if not ids:
+            raise ValueError(f"prompt={prompt!r}: it has 0 tokens; expected at least 1")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt_token_ids: token id {bad[0]} is outside the "
+                             f"vocabulary; expected ids in [0, {self.vocab_size})")
+        return text, ids
+
+    def _check_lengths(self, ids: list[int], params: SamplingParams) -> int:
+        """Check the request can ever finish; return its effective max_tokens."""
+        room = self.max_model_len - len(ids)
+        if room < 1:
+            raise ValueError(f"prompt has {len(ids)} tokens; expected at most "
+                             f"max_model_len - 1 = {self.max_model_len - 1}, so that at least "
+                             "one token can be generated")
+        max_tokens = room if params.max_tokens is None else params.max_tokens
+        if max_tokens > room:
+            raise ValueError(f"SamplingParams.max_tokens={params.max_tokens}: the prompt has "
+                             f"{len(ids)} tokens, so at most {room} more fit in "
+                             f"max_model_len={self.max_model_len}")
+        need = self.kv_manager.blocks_needed(len(ids) + max_tokens)
+        if need > self.kv_manager.num_blocks:
+            raise ValueError(f"request needs {need} KV blocks for {len(ids)} prompt + "
+                             f"{max_tokens} output tokens, but the cache has only "
+                             f"{self.kv_manager.num_blocks}; expected a shorter request or a "
+                             "bigger cache (num_kv_blocks / kv_cache_memory_bytes)")
+        return max_tokens
+
+    def abort_request(self, request_id: str | list[str]) -> None:
+        """Stop request(s) now and free their KV blocks. Unknown ids raise KeyError."""
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        unknown = [r for r in ids if r not in self._groups]
+        if unknown:
+            raise KeyError(f"request_id={unknown[0]!r}: no such unfinished request")
+        for rid in ids:
+            children, _ = self._groups.pop(rid)
+            for child in children:
+                self._parent_of.pop(child.request_id, None)
+                if not child.is_finished:
+                    self.scheduler.finish_request(child.request_id,
+                                                  RequestStatus.FINISHED_ABORTED)
+                self.output_processor.detok.pop(child.request_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._groups)
+
+    # ---- the loop --------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduling step and return the outputs it produced."""
+        sched = self.scheduler.schedule()
+        self._last_step_tokens = sched.num_batched_tokens
+        result = self.runner.execute(sched)
+        for rid, lps in result.prompt_logprobs.items():
+            self.scheduler.requests[rid].prompt_logprobs.extend(lps)
+        for rid, tok in result.sampled.items():
+            req = self.scheduler.requests[rid]
+            if req.sampling_params.logprobs is not None:
+                req.logprobs.append(tok.top_logprobs)
+                req.cumulative_logprob += tok.logprob
+        updated = self.scheduler.update_from_output(
+            sched, {rid: t.token_id for rid, t in result.sampled.items()})
+        touched: dict[str, None] = {}
+        for req in updated:
+            stop = self.output_processor.process_token(req)
+            if stop is not None and not req.is_finished:
+                req.stop_reason = stop
+                self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_STOPPED)
+            touched[self._parent_of[req.request_id]] = None
+        outputs = []
+        for parent in touched:
+            children, kind = self._groups[parent]
+            out = self.output_processor.make_output(parent, children, kind)
+            if out is not None:
+                outputs.append(out)
+            if all(c.is_finished for c in children):
+                del self._groups[parent]
+                for c in children:
+                    self._parent_of.pop(c.request_id, None)
+        return outputs
+
+    def get_stats(self) -> dict:
+        """Plain numbers about the engine right now (the plots and tests read these)."""
+        kv = self.kv_manager
+        return {
+            "kv_blocks_total": kv.num_blocks,
+            "kv_blocks_free": kv.num_free_blocks,
+            "kv_blocks_used": kv.num_blocks - kv.num_free_blocks,
+            "kv_block_size": kv.block_size,
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_batched_tokens_last_step": self._last_step_tokens,
+        }

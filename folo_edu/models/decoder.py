@@ -1,0 +1,128 @@
+"""One decoder for the Llama family: Llama (SmolLM2), Qwen2 and Qwen3.
+
+The three differ in two switches, both read from the checkpoint's config:
+  q/k/v bias       Qwen2 (and Llama configs with attention_bias=True)
+  q_norm / k_norm  Qwen3: an RMSNorm over each head of q and k, before RoPE
+
+The model never knows what a request is. It gets a flat batch of tokens, their
+positions, and an AttentionMetadata saying where their K/V live in the cache.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from folo_edu.attention.common import write_kv
+from folo_edu.attention.metadata import AttentionMetadata
+from folo_edu.models.layers import RMSNorm, RotaryEmbedding, SwiGLUMLP, rope_parameters
+
+
+class DecoderSpec:
+    """The shape of a decoder, read once from a transformers config."""
+
+    def __init__(self, hf_config):
+        c = hf_config
+        self.arch = (c.architectures or ["?"])[0]
+        self.vocab_size = c.vocab_size
+        self.hidden_size = c.hidden_size
+        self.intermediate_size = c.intermediate_size
+        self.num_layers = c.num_hidden_layers
+        self.num_heads = c.num_attention_heads
+        self.num_kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        self.rms_norm_eps = c.rms_norm_eps
+        self.max_position = c.max_position_embeddings
+        self.rope = rope_parameters(c)
+        self.tie_word_embeddings = bool(getattr(c, "tie_word_embeddings", False))
+        self.qkv_bias = self.arch == "Qwen2ForCausalLM" or bool(getattr(c, "attention_bias", False))
+        self.qk_norm = self.arch == "Qwen3ForCausalLM"
+        if getattr(c, "mlp_bias", False):
+            raise ValueError(f"{self.arch}: mlp_bias=True is not supported; expected False")
+        if getattr(c, "use_sliding_window", False):
+            raise ValueError(f"{self.arch}: use_sliding_window=True is not supported; "
+                             "expected False")
+        if getattr(c, "hidden_act", "silu") != "silu":
+            raise ValueError(f"{self.arch}: hidden_act={c.hidden_act!r} is not supported; "
+                             "expected 'silu'")
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention whose K/V live in the (paged) KV cache."""
+
+    def __init__(self, spec: DecoderSpec, backend):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            spec.num_heads, spec.num_kv_heads, spec.head_dim)
+        self.q_size = spec.num_heads * spec.head_dim
+        self.kv_size = spec.num_kv_heads * spec.head_dim
+        self.qkv_proj = nn.Linear(spec.hidden_size, self.q_size + 2 * self.kv_size,
+                                  bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, spec.hidden_size, bias=False)
+        if spec.qk_norm:
+            self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
+            self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
+        self.scale = spec.head_dim ** -0.5
+        self.backend = backend
+        # Set by the model runner: this layer's slice of the KV cache.
+        self.k_cache: torch.Tensor | None = None
+        self.v_cache: torch.Tensor | None = None
+
+    def forward(self, positions, x, meta: AttentionMetadata, rotary: RotaryEmbedding):
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotary(positions, q, k)
+        write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
+        out = self.backend.forward(q, self.k_cache, self.v_cache, meta, self.scale, k, v)
+        return self.o_proj(out.flatten(1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: DecoderSpec, backend):
+        super().__init__()
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.self_attn = Attention(spec, backend)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.mlp = SwiGLUMLP(spec.hidden_size, spec.intermediate_size)
+
+    def forward(self, positions, x, meta, rotary):
+        x = x + self.self_attn(positions, self.input_layernorm(x), meta, rotary)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nn.Module):
+    """Embedding -> N decoder layers -> final norm -> LM head (tied or not)."""
+
+    def __init__(self, spec: DecoderSpec, backend):
+        super().__init__()
+        self.spec = spec
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(spec, backend) for _ in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        if not spec.tie_word_embeddings:
+            self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.rotary: RotaryEmbedding | None = None  # built by init_rotary, off the meta device
+
+    def init_rotary(self, device) -> None:
+        s = self.spec
+        self.rotary = RotaryEmbedding(s.head_dim, s.max_position, s.rope).to(device)
+
+    def set_attention_backend(self, backend) -> None:
+        for layer in self.layers:
+            layer.self_attn.backend = backend
+
+    def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions: [T] -> hidden states [T, hidden] (before the final norm)."""
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(positions, x, meta, self.rotary)
+        return x
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head, for just the rows whose next token we want."""
+        weight = self.embed_tokens.weight if self.spec.tie_word_embeddings else self.lm_head.weight
+        return F.linear(self.norm(hidden), weight)
