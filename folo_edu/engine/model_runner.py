@@ -16,7 +16,7 @@ from folo_edu.config import EngineConfig
 from folo_edu.engine.scheduler import SchedulerOutput
 from folo_edu.kv_cache.storage import allocate_kv_cache
 from folo_edu.models.weights import load_model
-from folo_edu.sample import Sampler, SamplingMetadata, make_generator
+from folo_edu.sample import Sampler, SamplingMetadata, compute_logprobs, make_generator
 
 
 @dataclass
@@ -124,7 +124,8 @@ class ModelRunner:
 
     def _prompt_logprobs(self, hidden, req, start, count) -> list[dict[int, float]]:
         """Logprob of each next prompt token (and the top-N) at positions start..start+count."""
-        logprobs = torch.log_softmax(self.model.compute_logits(hidden).float(), dim=-1)
+        logits = self.model.compute_logits(hidden)
+        logprobs = compute_logprobs(logits)
         n = req.sampling_params.prompt_logprobs
         actual = torch.tensor(req.prompt_token_ids[start + 1:start + 1 + count],
                               device=logprobs.device)
