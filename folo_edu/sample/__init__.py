@@ -7,5 +7,5 @@ from folo_edu.sample.sampler import (Sampler, SamplerOutput, SamplingMetadata, c
 __all__ = [
     "Sampler", "SamplerOutput", "SamplingMetadata", "compute_logprobs", "make_generator",
     "apply_penalties", "apply_min_tokens", "apply_temperature", "apply_min_p", "apply_top_k",
-    "apply_top_p", "token_counts",
+    "apply_top_p",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection
 
+import numpy as np
 import torch
 
 NEG_INF = float("-inf")
@@ -22,9 +23,11 @@ NEG_INF = float("-inf")
 def _flat_positions(token_ids: list[list[int]], vocab_size: int, device) -> torch.Tensor:
     """``row * vocab_size + token`` for every token of every row: where each (row, token)
     pair sits in the flattened ``[B, V]`` logits."""
-    flat = torch.tensor(list(itertools.chain.from_iterable(token_ids)), dtype=torch.long,
-                        device=device)
-    lengths = torch.tensor([len(ids) for ids in token_ids], device=device)
+    lengths = [len(ids) for ids in token_ids]
+    # numpy reads a long Python list ~5x faster than torch.tensor does.
+    flat = np.fromiter(itertools.chain.from_iterable(token_ids), dtype=np.int64, count=sum(lengths))
+    flat = torch.from_numpy(flat).to(device)
+    lengths = torch.tensor(lengths, device=device)
     rows = torch.repeat_interleave(torch.arange(len(token_ids), device=device), lengths)
     return rows * vocab_size + flat
 
@@ -56,8 +59,8 @@ def apply_penalties(logits: torch.Tensor, prompt_ids: list[list[int]],
     generated, counts = torch.unique(_flat_positions(output_ids, vocab, logits.device),
                                      return_counts=True)
     if bool((repetition != 1).any()):  # the prompt tokens are needed only here
-        seen = torch.unique(torch.cat([generated, _flat_positions(prompt_ids, vocab,
-                                                                  logits.device)]))
+        # A token seen twice is written twice with the same value, so no unique() needed.
+        seen = torch.cat([generated, _flat_positions(prompt_ids, vocab, logits.device)])
         value, rep = flat[seen], repetition[seen // vocab]
         out[seen] = torch.where(value > 0, value / rep, value * rep)
     rows = generated // vocab

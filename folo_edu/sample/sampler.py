@@ -110,7 +110,8 @@ class Sampler:
         params = meta.params
         num_rows = logits.shape[0]
         penalized = [i for i, p in enumerate(params) if _has_penalty(p)]
-        too_short = [i for i, p in enumerate(params) if len(meta.output_token_ids[i]) < p.min_tokens]
+        too_short = [i for i, p in enumerate(params)
+                     if len(meta.output_token_ids[i]) < p.min_tokens]
         sampled = [i for i, p in enumerate(params) if not p.greedy]
 
         if not (penalized or too_short or sampled):
@@ -118,15 +119,21 @@ class Sampler:
         else:
             x = logits  # processors return new tensors, so `logits` stays raw for the logprobs
             if penalized:
-                x = _on_rows(x, penalized, apply_penalties,
-                             [meta.prompt_token_ids[i] for i in penalized],
-                             [meta.output_token_ids[i] for i in penalized],
-                             *self._row_values(x, penalized, params, "repetition_penalty",
-                                               "frequency_penalty", "presence_penalty"))
+                # Penalties touch only the tokens a row has seen, so they run on the whole
+                # batch; a row without penalties passes no tokens (its values are no-ops).
+                wanted = set(penalized)
+                prompts = [ids if i in wanted else []
+                           for i, ids in enumerate(meta.prompt_token_ids)]
+                outputs = [ids if i in wanted else []
+                           for i, ids in enumerate(meta.output_token_ids)]
+                x = apply_penalties(x, prompts, outputs, *self._row_values(
+                    x, range(num_rows), params, "repetition_penalty", "frequency_penalty",
+                    "presence_penalty"))
             if too_short:
-                x = apply_min_tokens(
-                    x, [len(ids) for ids in meta.output_token_ids], [p.min_tokens for p in params],
-                    [set(eos).union(p.stop_token_ids) for eos, p in zip(meta.eos_token_ids, params)])
+                stop_ids = [set(eos).union(p.stop_token_ids)
+                            for eos, p in zip(meta.eos_token_ids, params)]
+                x = apply_min_tokens(x, [len(ids) for ids in meta.output_token_ids],
+                                     [p.min_tokens for p in params], stop_ids)
             if len(sampled) == num_rows:
                 tokens = self._sample(x, params, meta.generators)
             else:
@@ -141,11 +148,11 @@ class Sampler:
         logsumexp = torch.logsumexp(logits, dim=-1)
         sampled_logprobs = logits.gather(1, tokens[:, None]).squeeze(1) - logsumexp
         token_list, logprob_list = tokens.tolist(), sampled_logprobs.tolist()
-        return SamplerOutput(token_list, logprob_list,
-                             self._top_logprobs(logits, logsumexp, token_list, logprob_list, params))
+        top = self._top_logprobs(logits, logsumexp, token_list, logprob_list, params)
+        return SamplerOutput(token_list, logprob_list, top)
 
     @staticmethod
-    def _row_values(x: torch.Tensor, rows: list[int], params: list[SamplingParams],
+    def _row_values(x: torch.Tensor, rows, params: list[SamplingParams],
                     *names: str) -> list[torch.Tensor]:
         """For each field name, a tensor of that SamplingParams field for the given rows."""
         return [torch.tensor([getattr(params[i], name) for i in rows], dtype=x.dtype,
@@ -165,7 +172,7 @@ class Sampler:
             if rows:
                 x = _on_rows(x, rows, fn, *self._row_values(x, rows, params, name))
         probs = x.softmax(dim=-1)
-        return (probs / _exponential_noise(generators, vocab, x)).argmax(dim=-1)
+        return probs.div_(_exponential_noise(generators, vocab, x)).argmax(dim=-1)
 
     @staticmethod
     def _top_logprobs(logits: torch.Tensor, logsumexp: torch.Tensor, tokens: list[int],
@@ -180,7 +187,8 @@ class Sampler:
         top_ids, top_values = [[] for _ in rows], [[] for _ in rows]
         if num_top > 0:
             index = torch.tensor(rows, device=logits.device)
-            values, ids = logits[index].topk(num_top, dim=-1)
+            chosen = logits if len(rows) == len(params) else logits[index]
+            values, ids = chosen.topk(num_top, dim=-1)
             top_ids, top_values = ids.tolist(), (values - logsumexp[index, None]).tolist()
         for j, i in enumerate(rows):
             n = params[i].logprobs
