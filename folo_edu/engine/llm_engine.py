@@ -52,6 +52,9 @@ class LLMEngine:
         self._groups: dict[str, tuple[list[Request], RequestOutputKind]] = {}
         self._parent_of: dict[str, str] = {}
         self._last_step_tokens = 0
+        # (request id, tokens, "prefill" | "decode") for each request of the last step,
+        # for timelines and teaching; the engine itself never reads it.
+        self.last_step: list[tuple[str, int, str]] = []
 
     @classmethod
     def from_kwargs(cls, model=None, **kwargs) -> "LLMEngine":
@@ -160,6 +163,9 @@ class LLMEngine:
         """Run one scheduling step and return the outputs it produced."""
         sched = self.scheduler.schedule()
         self._last_step_tokens = sched.num_batched_tokens
+        self.last_step = [(s.request.request_id, s.num_new_tokens,
+                           "decode" if s.request.num_computed_tokens >= s.request.num_prompt_tokens
+                           else "prefill") for s in sched.scheduled]
         result = self.runner.execute(sched)
         for rid, lps in result.prompt_logprobs.items():
             self.scheduler.requests[rid].prompt_logprobs.extend(lps)
