@@ -131,6 +131,12 @@ def main(argv=None) -> int:
                                            "stats": stats}
             print(f"folo_edu[{backend}]: {useful / med:,.0f} output tok/s ({med:.1f} s)",
                   flush=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))  # keep partial results
+        import gc
+
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         if not args.no_hf:
             times = bench_hf(path, prompts, outs, device, dtype, args.hf_batch, args.repeats)
             med = statistics.median(times)
