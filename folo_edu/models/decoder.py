@@ -15,7 +15,8 @@ from torch import nn
 
 from folo_edu.attention.common import write_kv
 from folo_edu.attention.metadata import AttentionMetadata
-from folo_edu.models.layers import RMSNorm, RotaryEmbedding, SwiGLUMLP, rope_parameters
+from folo_edu.models.layers import (RMSNorm, RotaryEmbedding, SwiGLUMLP, apply_rope,
+                                    rope_parameters)
 
 
 class DecoderSpec:
@@ -68,14 +69,14 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, positions, x, meta: AttentionMetadata, rotary: RotaryEmbedding):
+    def forward(self, x, meta: AttentionMetadata, cos_sin):
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(positions, q, k)
+        q, k = apply_rope(q, k, cos_sin)
         write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
         out = self.backend.forward(q, self.k_cache, self.v_cache, meta, self.scale, k, v)
         return self.o_proj(out.flatten(1))
@@ -89,8 +90,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.mlp = SwiGLUMLP(spec.hidden_size, spec.intermediate_size)
 
-    def forward(self, positions, x, meta, rotary):
-        x = x + self.self_attn(positions, self.input_layernorm(x), meta, rotary)
+    def forward(self, x, meta, cos_sin):
+        x = x + self.self_attn(self.input_layernorm(x), meta, cos_sin)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -118,8 +119,9 @@ class DecoderModel(nn.Module):
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions: [T] -> hidden states [T, hidden] (before the final norm)."""
         x = self.embed_tokens(input_ids)
+        cos_sin = self.rotary.lookup(positions, x.dtype)
         for layer in self.layers:
-            x = layer(positions, x, meta, self.rotary)
+            x = layer(x, meta, cos_sin)
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
