@@ -1,14 +1,29 @@
 """AttentionMetadata: what every attention layer needs to know about one step.
 
 The model runner builds it once per step; all layers share it. Sequences are
-ordered decodes first (one query token each), then prefills (many query tokens),
-so the decode queries are simply q[:num_decodes].
+ordered decodes first (one query token each, sorted by length), then prefills
+(many query tokens), so the decode queries are simply q[:num_decodes].
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+# Decodes are attended in up to this many groups of similar length, each padded only
+# to its own longest sequence: less K/V to gather than padding all to the longest.
+MAX_DECODE_GROUPS = 4
+
+
+@dataclass
+class DecodeGroup:
+    """Decodes start..end (rows of q), padded to max_len keys, built once per step."""
+
+    start: int
+    end: int
+    block_tables: torch.Tensor  # [end - start, blocks to read]
+    key_mask: torch.Tensor      # [end - start, 1, 1, max_len] bool: key is real, not padding
+    max_len: int
 
 
 @dataclass
@@ -20,10 +35,7 @@ class AttentionMetadata:
     block_tables: torch.Tensor   # [B, max_blocks] physical block ids per sequence
     block_size: int              # tokens per KV block
     num_decodes: int             # the first num_decodes sequences have query_len == 1
-    # Decode-batch helpers, built once per step instead of once per layer:
-    decode_block_tables: torch.Tensor | None = None  # [num_decodes, blocks to read]
-    decode_key_mask: torch.Tensor | None = None      # [num_decodes, 1, 1, max_len] bool
-    decode_max_len: int = 0
+    decode_groups: list[DecodeGroup] = field(default_factory=list)
 
     @property
     def num_seqs(self) -> int:
@@ -40,15 +52,16 @@ class AttentionMetadata:
             starts.append(starts[-1] + q)
         meta = cls(query_lens, seq_lens, starts, slot_mapping, block_tables, block_size,
                    num_decodes)
-        if num_decodes:
-            device = block_tables.device
-            max_len = max(seq_lens[:num_decodes])
-            blocks = -(-max_len // block_size)
-            lens = torch.tensor(seq_lens[:num_decodes], device=device)
-            meta.decode_block_tables = block_tables[:num_decodes, :blocks]
-            meta.decode_key_mask = (torch.arange(max_len, device=device)[None, :]
-                                    < lens[:, None])[:, None, None, :]
-            meta.decode_max_len = max_len
+        groups = min(MAX_DECODE_GROUPS, num_decodes)
+        bounds = [num_decodes * g // groups for g in range(groups + 1)] if groups else []
+        device = block_tables.device
+        for start, end in zip(bounds, bounds[1:]):
+            max_len = max(seq_lens[start:end])
+            lens = torch.tensor(seq_lens[start:end], device=device)
+            mask = torch.arange(max_len, device=device)[None, :] < lens[:, None]
+            meta.decode_groups.append(DecodeGroup(
+                start, end, block_tables[start:end, :-(-max_len // block_size)],
+                mask[:, None, None, :], max_len))
         return meta
 
     def context_len(self, i: int) -> int:

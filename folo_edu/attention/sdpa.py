@@ -1,7 +1,7 @@
 """Attention through torch's fused scaled_dot_product_attention (SDPA).
 
-Decodes (one query each) run as ONE batched call: their keys are gathered from the
-cache into a padded [B, max_len] batch with a length mask. Prefills run one call
+Decodes (one query each) run as a few batched calls: their keys are gathered from
+the cache into padded [B, max_len] batches of similar lengths, with a length mask. Prefills run one call
 each; a prompt with nothing cached yet uses its fresh K/V and is_causal directly.
 """
 from __future__ import annotations
@@ -18,16 +18,15 @@ class SdpaBackend:
 
     def forward(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float, k, v):
         out = torch.empty_like(q)
-        nd = meta.num_decodes
-        if nd:
-            keys = gather_kv_batch(k_cache, meta.decode_block_tables, meta.decode_max_len)
-            values = gather_kv_batch(v_cache, meta.decode_block_tables, meta.decode_max_len)
-            # [B, 1, H, D] -> [B, H, 1, D]; keys [B, S, KVH, D] -> [B, KVH, S, D]
+        for g in meta.decode_groups:
+            keys = gather_kv_batch(k_cache, g.block_tables, g.max_len)
+            values = gather_kv_batch(v_cache, g.block_tables, g.max_len)
+            # q [B, H, D] -> [B, H, 1, D]; keys [B, S, KVH, D] -> [B, KVH, S, D]
             o = F.scaled_dot_product_attention(
-                q[:nd, None].transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
-                attn_mask=meta.decode_key_mask, scale=scale, enable_gqa=True)
-            out[:nd] = o.transpose(1, 2)[:, 0]
-        for i in range(nd, meta.num_seqs):
+                q[g.start:g.end, :, None], keys.transpose(1, 2), values.transpose(1, 2),
+                attn_mask=g.key_mask, scale=scale, enable_gqa=True)
+            out[g.start:g.end] = o[:, :, 0]
+        for i in range(meta.num_decodes, meta.num_seqs):
             start, qlen, slen = meta.query_start_loc[i], meta.query_lens[i], meta.seq_lens[i]
             qi = q[start:start + qlen].transpose(0, 1)[None]
             if qlen == slen:  # nothing cached before: use this step's K/V as they are

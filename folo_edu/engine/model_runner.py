@@ -64,7 +64,10 @@ class ModelRunner:
         sample_rows, sample_reqs = [], []
         prompt_lp_rows: list[tuple] = []  # (request, first flat row, first position, count)
         bs = self.block_size
-        for s in sched.scheduled:
+        # Decodes first, shortest first: the attention backends batch decodes of
+        # similar length together (AttentionMetadata.decode_groups).
+        for s in sorted(sched.scheduled, key=lambda s: (s.num_new_tokens != 1,
+                                                         s.request.num_tokens)):
             req, n = s.request, s.num_new_tokens
             start, end = req.num_computed_tokens, req.num_computed_tokens + n
             flat = len(input_ids)
