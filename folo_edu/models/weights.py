@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from folo_edu.models.decoder import DecoderModel, DecoderSpec
-from folo_edu.models.loader import ModelSourceError
+from folo_edu.models.loader import ModelSourceError, load_safetensors_state
 
 # Tensors a checkpoint may carry that we deliberately do not use.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -30,20 +29,6 @@ def _our_name_for(hf_name: str) -> tuple[str, int | None]:
     return name, None
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of the *.safetensors files in a folder, by HF name."""
-    tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    tensors[key] = f.get_tensor(key)
-        except Exception as e:  # noqa: BLE001 - a corrupt file raises many kinds
-            raise ModelSourceError(f"weights file {str(file)!r} could not be read as "
-                                   f"safetensors: {type(e).__name__}: {e}") from e
-    return tensors
-
-
 def load_model(path: str | Path, hf_config, backend, dtype: torch.dtype,
                device: torch.device) -> DecoderModel:
     """Build a DecoderModel for ``hf_config`` and fill it from the checkpoint at ``path``."""
@@ -55,7 +40,7 @@ def load_model(path: str | Path, hf_config, backend, dtype: torch.dtype,
     params = dict(model.named_parameters())
     groups: dict[str, dict[int, torch.Tensor]] = {}
     loaded: set[str] = set()
-    for hf_name, tensor in read_checkpoint(path).items():
+    for hf_name, tensor in load_safetensors_state(path).items():
         if hf_name.endswith(_IGNORED_SUFFIXES):
             continue
         if hf_name == "lm_head.weight" and spec.tie_word_embeddings:
@@ -70,11 +55,13 @@ def load_model(path: str | Path, hf_config, backend, dtype: torch.dtype,
         else:
             groups.setdefault(name, {})[index] = tensor
     for name, parts in groups.items():
-        expected = 3 if "qkv_proj" in name else 2
-        if len(parts) != expected:
-            raise ModelSourceError(f"checkpoint {str(path)!r}: {name} needs {expected} parts, "
-                                   f"found {sorted(parts)}")
-        _copy(params[name], torch.cat([parts[i] for i in range(expected)]), name)
+        members = ("q_proj", "k_proj", "v_proj") if "qkv_proj" in name else ("gate_proj", "up_proj")
+        absent = [i for i in range(len(members)) if i not in parts]
+        if absent:
+            hf = "model." + name.replace(name.split(".")[-2], members[absent[0]])
+            raise ModelSourceError(f"checkpoint {str(path)!r}: missing tensor {hf!r} "
+                                   f"(part of our fused {name})")
+        _copy(params[name], torch.cat([parts[i] for i in range(len(members))]), name)
         loaded.add(name)
     missing = sorted(set(params) - loaded)
     if missing:

@@ -124,3 +124,33 @@ def test_contiguous_and_paged_cache_agree(tiny_model_dir):
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         results.append([o.outputs[0].token_ids for o in outs])
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("drop", "missing tensor"),
+    ("reshape", "has shape"),
+    ("extra", "has no place"),
+])
+def test_bad_checkpoint_tensors_are_named(tiny_model_dir, tmp_path, damage, message):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from folo_edu.models.loader import ModelSourceError
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir("qwen2-bias-gqa4"), folder)
+    state = load_file(folder / "model.safetensors")
+    name = "model.layers.1.self_attn.k_proj.bias"
+    if damage == "drop":
+        del state[name]
+    elif damage == "reshape":
+        state[name] = torch.zeros(3)
+    else:
+        state["model.layers.1.self_attn.extra.weight"] = torch.zeros(2)
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(ModelSourceError, match=message) as err:
+        load_model(folder, load_hf_config(folder), get_backend("sdpa"), torch.float32,
+                   torch.device("cpu"))
+    assert ("qkv_proj" in str(err.value) or "k_proj" in str(err.value)
+            or "extra" in str(err.value))
