@@ -150,6 +150,9 @@ class CacheConfig:
         if not isinstance(self.enable_prefix_caching, bool):
             raise _bad("CacheConfig", "enable_prefix_caching", self.enable_prefix_caching,
                        "a bool", TypeError)
+        if self.enable_prefix_caching:
+            raise _bad("CacheConfig", "enable_prefix_caching", True,
+                       "False: prefix caching is milestone M6 and is not built yet")
 
 
 @dataclass

@@ -192,3 +192,13 @@ def test_n_parallel_samples(model_path):
     assert len(set(seqs)) == 3 and all(len(s) == 12 for s in seqs)
     again = llm.generate({"prompt_token_ids": [5, 6, 7]}, params, use_tqdm=False)[0]
     assert [tuple(c.token_ids) for c in again.outputs] == seqs
+
+
+@pytest.mark.parametrize("budget", [7, 16])
+def test_chunked_prefill_gives_the_same_tokens(model_path, alone, budget):
+    """With a small token budget, long prompts are computed over several steps."""
+    prompts, ref = alone
+    engine = _engine(model_path, enable_chunked_prefill=True, max_num_batched_tokens=budget,
+                     max_num_seqs=4)
+    got = _run(engine, {0: [(f"r{i}", p) for i, p in enumerate(prompts)]}, GREEDY)
+    assert got == ref
