@@ -11,6 +11,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Under pytest-xdist, each worker gets one torch thread: two workers with two threads
+# each on a 2-core machine make every small op wait on spinning threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 HAS_CUDA = torch.cuda.is_available()
 NO_CUDA_REASON = "needs a CUDA GPU, and torch.cuda.is_available() is False on this machine"
 
