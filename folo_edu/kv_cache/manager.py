@@ -49,7 +49,8 @@ class KVCacheManager:
     def free(self, request) -> None:
         """Give back every block of ``request`` (finished, aborted or preempted)."""
         table = self.block_tables.pop(request.request_id, [])
-        # Free in reverse so a request's tail blocks are reused last (vLLM does the same).
+        # Free in reverse: the tail block goes back to the queue first, so it is reused
+        # first and the prefix blocks stay untouched longest (what prefix caching wants).
         self.pool.free(list(reversed(table)))
 
     def get_block_table(self, request_id: str) -> list[int]:
