@@ -49,7 +49,7 @@ test: download
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n $(PYTEST_WORKERS) -rs --durations=10 tests notebooks --nbmake
 
 demo: download
-	$(VENV)/bin/folo-edu generate "What is the capital of France?" --max-tokens 32
+	$(VENV)/bin/folo-edu generate "The capital of France is" --max-tokens 32
 	echo "What is the capital of France?" | $(VENV)/bin/folo-edu chat
 
 clean:
