@@ -58,6 +58,24 @@ def _cmd_chat(args) -> int:
         history.append({"role": "assistant", "content": "".join(reply)})
 
 
+def _cmd_bench(args) -> int:
+    """Benchmark folo_edu against transformers; print a table and save a JSON file."""
+    from folo_edu.bench import BenchConfig, run
+
+    cfg = BenchConfig(
+        workload=args.workload, model=args.model, device=args.device, dtype=args.dtype,
+        threads=args.threads, repeats=args.repeats, seed=args.seed, output=args.output,
+        num_prompts=args.num_prompts, new_tokens=args.new_tokens,
+        num_requests=args.num_requests, min_len=args.min_len, max_len=args.max_len,
+        max_num_seqs=args.max_num_seqs,
+        hf_batch_size=args.hf_batch_size, hf_static_sample=args.hf_static_sample,
+        hf_single_sample=None if args.hf_single_sample == 0 else args.hf_single_sample,
+        max_model_len=args.max_model_len, kv_cache=args.kv_cache,
+        attention_backend=args.attention_backend)
+    run(cfg)
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--model", default=None,
                    help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
@@ -80,6 +98,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="chat with the model (reads lines from stdin)")
     _add_model_args(p, max_tokens=256)
     p.set_defaults(func=_cmd_chat)
+    p = sub.add_parser("bench", help="benchmark folo_edu against transformers (M1 single, "
+                       "M2 offline); prints a table and saves JSON")
+    p.add_argument("--workload", choices=("single", "offline"), default="single",
+                   help="single: one request at a time, TTFT and decode tok/s (M1); offline: "
+                        "64 requests, continuous vs static batching vs one at a time (M2)")
+    p.add_argument("--model", default=None,
+                   help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"),
+                   default="float32", help="both engines (auto: folo_edu's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for both engines (default: torch's)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed repeats (default: 3 single, 1 offline)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
+    p.add_argument("--output", default=None,
+                   help="JSON path (default benchmarks/results/m1_single_<device>.json or "
+                        "m2_offline_<device>.json; '-' saves nothing)")
+    p.add_argument("--num-prompts", type=int, default=5, help="single: prompts (64..200 tokens)")
+    p.add_argument("--new-tokens", type=int, default=128, help="single: tokens per prompt")
+    p.add_argument("--num-requests", type=int, default=64, help="offline: requests")
+    p.add_argument("--min-len", type=int, default=16,
+                   help="offline: prompt and output lengths are uniform in [min-len, max-len]")
+    p.add_argument("--max-len", type=int, default=256)
+    p.add_argument("--max-num-seqs", type=int, default=64, help="folo_edu: running requests cap")
+    p.add_argument("--hf-batch-size", type=int, default=16, help="offline: HF static batch size")
+    p.add_argument("--hf-static-sample", type=int, default=None,
+                   help="offline: time only this many HF static batches and extrapolate "
+                        "(default: all)")
+    p.add_argument("--hf-single-sample", type=int, default=6,
+                   help="offline: time only K requests one at a time with HF and "
+                        "extrapolate by tokens/s (0: all of them)")
+    p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument("--kv-cache", choices=("paged", "contiguous"), default="paged")
+    p.add_argument("--attention-backend", choices=("auto", "sdpa", "naive"), default="auto")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -99,6 +99,30 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def source_version() -> dict:
+    """The git commit of the folo_edu checkout that ran, and whether files differ from it
+    (None where folo_edu is not a git checkout)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                 text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.rstrip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit is None:
+        return {"commit": None, "modified_files": None}
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "folo_edu")
+    return {"commit": commit,
+            "modified_files": sorted(line[3:] for line in (changed or "").splitlines())}
+
+
 def load_average() -> list[float] | None:
     """The 1/5/15-minute load averages: a busy machine (load > cores) means noisy numbers."""
     try:
