@@ -48,7 +48,7 @@ from folo_edu.attention import AttentionMetadata  # noqa: E402
 from folo_edu.attention.common import gather_kv  # noqa: E402
 from folo_edu.attention.naive import NaiveBackend  # noqa: E402
 from folo_edu.attention.sdpa import SdpaBackend  # noqa: E402
-from folo_edu.bench.machine import load_average, machine_info  # noqa: E402
+from folo_edu.bench.machine import load_average, machine_info, source_version  # noqa: E402
 from folo_edu.bench.metrics import save_json, table, timestamp  # noqa: E402
 
 
@@ -138,14 +138,6 @@ def flex_inputs(step):
     return q[:, :, None, :], keys, values
 
 
-def git_commit() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def timed(fn):
@@ -292,7 +284,7 @@ def main(argv=None):
         "what": "one decode step of attention over a paged KV cache (one query per sequence)",
         "timestamp": timestamp(),
         "machine": machine_info(torch.device("cpu")),
-        "git_commit": git_commit(),
+        "source": source_version(),
         "load_average_before": load_before, "load_average_after": load_average(),
         "shared_machine_note": "the machine was shared with other jobs; compare methods "
                                "within this file only",

@@ -26,7 +26,7 @@ import time
 import torch
 
 from folo_edu.bench.kv_memory import LengthDistribution, length_stats, measure
-from folo_edu.bench.machine import machine_info
+from folo_edu.bench.machine import machine_info, source_version
 from folo_edu.bench.metrics import save_json, table, timestamp
 
 PAPER = ("Kwon et al., Efficient Memory Management for Large Language Model Serving with "
@@ -34,14 +34,6 @@ PAPER = ("Kwon et al., Efficient Memory Management for Large Language Model Serv
          "under 4% in vLLM")
 
 
-def git_commit() -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def median_rows(per_seed: list[list[dict]]) -> list[dict]:
@@ -112,7 +104,7 @@ def main(argv=None):
     contiguous = main_rows[0]
     paged16 = next((r for r in main_rows if r["tokens_per_block"] == 16), None)
     goals = None
-    if paged16 is not None:
+    if paged16 is not None and paged16["mean_running_while_queued"] is not None:
         ratio_q = paged16["mean_running_while_queued"] / contiguous["mean_running_while_queued"]
         goals = {
             "paged_block16_waste_le_4pct": paged16["waste_fraction"] <= 0.04,
@@ -134,7 +126,7 @@ def main(argv=None):
         "timestamp": timestamp(),
         "machine": machine_info(torch.device("cpu")),
         "machine_note": "counted, not timed: the numbers do not depend on the machine",
-        "git_commit": git_commit(),
+        "source": source_version(),
         "workload": {"requests": args.requests, "seeds": args.seeds,
                      "arrivals": "all queued at step 0 (an offline batch)",
                      "distribution": dist.describe(),

@@ -93,20 +93,25 @@ def _strip(run: dict) -> dict:
     return {k: v for k, v in run.items() if k != "token_ids"}
 
 
+def _engines(cfg: BenchConfig):
+    """Both engines on the same checkpoint, with the vocabulary the workloads draw from."""
+    device, path = _setup(cfg)
+    folo = FoloRunner(path, device, cfg.dtype, cfg.max_model_len, cfg.max_num_seqs,
+                      cfg.kv_cache, cfg.attention_backend)
+    hf = HFRunner(path, device, folo.llm.llm_engine.runner.dtype)
+    hf_config = folo.llm.llm_engine.config.model_config.hf_config
+    return (device, path, folo, hf, hf_config.vocab_size,
+            special_token_ids(folo.llm.get_tokenizer(), hf_config))
+
+
 # ---- M1: single request ----------------------------------------------------------------
 def run_single(cfg: BenchConfig) -> dict:
     t_start = time.perf_counter()
-    device, path = _setup(cfg)
-    repeats = cfg.repeats or 3
-    folo = FoloRunner(path, device, cfg.dtype, cfg.max_model_len, cfg.max_num_seqs,
-                      cfg.kv_cache, cfg.attention_backend)
+    device, path, folo, hf, vocab, specials = _engines(cfg)
     dtype = folo.llm.llm_engine.runner.dtype
-    hf = HFRunner(path, device, dtype)
-    hf_config = folo.llm.llm_engine.config.model_config.hf_config
-    reqs = single_workload(hf_config.vocab_size,
-                           special_token_ids(folo.llm.get_tokenizer(), hf_config),
-                           cfg.num_prompts, cfg.min_prompt_len, cfg.max_prompt_len,
-                           cfg.new_tokens, cfg.seed)
+    repeats = cfg.repeats or 3
+    reqs = single_workload(vocab, specials, cfg.num_prompts, cfg.min_prompt_len,
+                           cfg.max_prompt_len, cfg.new_tokens, cfg.seed)
     result = _header("m1_single", cfg, device, path, folo, hf, reqs)
     peak_before = _peak(cfg, device, dtype)
 
@@ -238,16 +243,10 @@ def _evenly(n_total: int, k: int | None) -> list[int]:
 
 def run_offline(cfg: BenchConfig) -> dict:
     t_start = time.perf_counter()
-    device, path = _setup(cfg)
-    repeats = cfg.repeats or 1
-    folo = FoloRunner(path, device, cfg.dtype, cfg.max_model_len, cfg.max_num_seqs,
-                      cfg.kv_cache, cfg.attention_backend)
+    device, path, folo, hf, vocab, specials = _engines(cfg)
     dtype = folo.llm.llm_engine.runner.dtype
-    hf = HFRunner(path, device, dtype)
-    hf_config = folo.llm.llm_engine.config.model_config.hf_config
-    reqs = offline_workload(hf_config.vocab_size,
-                            special_token_ids(folo.llm.get_tokenizer(), hf_config),
-                            cfg.num_requests, (cfg.min_len, cfg.max_len),
+    repeats = cfg.repeats or 1
+    reqs = offline_workload(vocab, specials, cfg.num_requests, (cfg.min_len, cfg.max_len),
                             (cfg.min_len, cfg.max_len), cfg.seed)
     result = _header("m2_offline", cfg, device, path, folo, hf, reqs)
     total_out = sum(r.max_tokens for r in reqs)
