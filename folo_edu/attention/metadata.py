@@ -63,7 +63,3 @@ class AttentionMetadata:
                 start, end, block_tables[start:end, :-(-max_len // block_size)],
                 mask[:, None, None, :], max_len))
         return meta
-
-    def context_len(self, i: int) -> int:
-        """Tokens of sequence i already in the cache before this step."""
-        return self.seq_lens[i] - self.query_lens[i]

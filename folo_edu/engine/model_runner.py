@@ -48,7 +48,6 @@ class ModelRunner:
             layer.self_attn.v_cache = self.kv_cache[1, i]
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
-        self.vocab_size = self.model.spec.vocab_size
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:

@@ -38,13 +38,9 @@ class IncrementalDetokenizer:
         if self.tokenizer is None:
             return None
         self.token_ids.append(token_id)
-        decode = self.tokenizer.decode
-        prefix = decode(self.token_ids[self.prefix_offset:self.read_offset],
-                        skip_special_tokens=self.skip)
-        full = decode(self.token_ids[self.prefix_offset:], skip_special_tokens=self.skip)
-        if len(full) <= len(prefix) or full.endswith("\ufffd"):
+        new_text = self._unread_text()
+        if not new_text or new_text.endswith("\ufffd"):
             return None  # nothing complete yet: wait for the next token
-        new_text = full[len(prefix):]
         self.prefix_offset, self.read_offset = self.read_offset, len(self.token_ids)
         search_from = max(0, len(self.output_text) - self.holdback)
         self.output_text += new_text
@@ -54,12 +50,16 @@ class IncrementalDetokenizer:
         """At the end, emit any tail still waiting to become a complete character."""
         if self.tokenizer is None or self.read_offset == len(self.token_ids):
             return
+        self.output_text += self._unread_text()
+        self.read_offset = len(self.token_ids)
+
+    def _unread_text(self) -> str:
+        """Text of the tokens after read_offset, decoded with the context before them."""
         decode = self.tokenizer.decode
         prefix = decode(self.token_ids[self.prefix_offset:self.read_offset],
                         skip_special_tokens=self.skip)
         full = decode(self.token_ids[self.prefix_offset:], skip_special_tokens=self.skip)
-        self.output_text += full[len(prefix):]
-        self.read_offset = len(self.token_ids)
+        return full[len(prefix):]
 
     def _find_stop(self, search_from: int) -> str | None:
         for s in self.stop:
