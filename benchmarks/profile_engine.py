@@ -53,7 +53,7 @@ def instrument(engine, timer: StageTimer) -> None:
     except AttentionMetadata.build, a classmethod, patched for this process)."""
     import folo_edu.engine.model_runner as mr
 
-    sched, runner, op = engine.scheduler, engine.runner, engine.output_processor
+    sched, runner, op = engine.scheduler, engine.model_runner, engine.output_processor
     sched.schedule = timer.wrap("scheduler.schedule", sched.schedule)
     sched.update_from_output = timer.wrap("scheduler.update_from_output",
                                           sched.update_from_output)

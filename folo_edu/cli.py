@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from folo_edu.config import ATTENTION_BACKENDS
+
 
 def _cmd_download(args) -> int:
     from folo_edu.models.default_model import download_model
@@ -132,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "extrapolate by tokens/s (0: all of them)")
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--kv-cache", choices=("paged", "contiguous"), default="paged")
-    p.add_argument("--attention-backend", choices=("auto", "sdpa", "naive"), default="auto")
+    p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -15,7 +15,7 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16,
           "float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
 KV_CACHE_KINDS = ("paged", "contiguous")
-ATTENTION_BACKENDS = ("auto", "naive", "sdpa")
+ATTENTION_BACKENDS = ("auto", "naive", "sdpa", "paged-torch", "flex", "triton")
 # KV cache budget when neither num_kv_blocks nor kv_cache_memory_bytes is given.
 DEFAULT_CPU_KV_BYTES = 1 << 30
 
@@ -185,9 +185,23 @@ class EngineConfig:
     cache_config: CacheConfig = field(default_factory=CacheConfig)
     scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
     attention_backend: str = "auto"
+    # False: decode steps replay CUDA graphs where the device and backend allow it.
+    enforce_eager: bool = False
+    # True: torch.compile the dense per-layer work (norms, projections, MLP) and flex.
+    torch_compile: bool = False
 
     def __post_init__(self) -> None:
+        from folo_edu.attention import available_backends, unavailable_reason
+
         _choice("EngineConfig", "attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        reason = unavailable_reason(self.attention_backend)
+        if reason:
+            raise ValueError(
+                f"EngineConfig.attention_backend={self.attention_backend!r}: {reason}; "
+                f"expected one that runs here: {', '.join(map(repr, available_backends()))}")
+        for name in ("enforce_eager", "torch_compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad("EngineConfig", name, getattr(self, name), "a bool", TypeError)
         mc, cc, sc = self.model_config, self.cache_config, self.scheduler_config
         if sc.max_num_batched_tokens is None:
             sc.max_num_batched_tokens = (2048 if sc.enable_chunked_prefill
@@ -235,7 +249,8 @@ class EngineConfig:
                     block_size=16, num_kv_blocks=None, kv_cache_memory_bytes=None,
                     kv_cache="paged", enable_prefix_caching=False, max_num_seqs=64,
                     max_num_batched_tokens=None, enable_chunked_prefill=False,
-                    attention_backend="auto") -> "EngineConfig":
+                    attention_backend="auto", enforce_eager=False,
+                    torch_compile=False) -> "EngineConfig":
         """Build all four configs from the flat keyword arguments ``LLM`` takes."""
         return cls(
             ModelConfig(model, dtype, max_model_len, device, seed, trust_remote_code,
@@ -243,4 +258,4 @@ class EngineConfig:
             CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, kv_cache,
                         enable_prefix_caching),
             SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
-            attention_backend)
+            attention_backend, enforce_eager, torch_compile)

@@ -1,19 +1,67 @@
-"""Attention backends, selectable by name (``LLM(attention_backend=...)``)."""
+"""Attention backends, selectable by name (``LLM(attention_backend=...)``).
+
+    naive        softmax(QKᵀ)V one sequence at a time: the reference every other is tested against
+    sdpa         torch's fused scaled_dot_product_attention; decodes gathered in length groups
+    paged-torch  PagedAttention (tiles + online softmax) in plain torch: the kernel's reference
+    flex         FlexAttention over the paged cache with a BlockMask from the block tables
+    triton       our Triton kernels: store K/V by slot, paged decode attention; CUDA-graph safe
+
+Every backend computes prefills with SDPA except naive; they differ in how decodes
+read the cache.
+"""
+from folo_edu.attention.common import AttentionBackend
+from folo_edu.attention.flex import FlexBackend, flex_unavailable_reason
 from folo_edu.attention.metadata import AttentionMetadata
 from folo_edu.attention.naive import NaiveBackend
+from folo_edu.attention.paged_torch import PagedTorchBackend
 from folo_edu.attention.sdpa import SdpaBackend
+from folo_edu.attention.triton_backend import TritonBackend, triton_unavailable_reason
 
-BACKENDS = {"naive": NaiveBackend, "sdpa": SdpaBackend}
+BACKENDS = {"naive": NaiveBackend, "sdpa": SdpaBackend, "paged-torch": PagedTorchBackend,
+            "flex": FlexBackend, "triton": TritonBackend}
 
 
-def get_backend(name: str, device=None):
-    """Return a backend instance; "auto" picks the fastest one for the device."""
-    if name == "auto":
-        name = "sdpa"
+def unavailable_reason(name: str) -> str | None:
+    """Why backend `name` cannot run in this Python environment, or None if it can."""
+    if name == "flex":
+        return flex_unavailable_reason()
+    if name == "triton":
+        return triton_unavailable_reason()
+    return None
+
+
+def available_backends() -> list[str]:
+    return [name for name in BACKENDS if unavailable_reason(name) is None]
+
+
+def resolve_backend_name(name: str, device) -> str:
+    """"auto": triton on CUDA when it is installed, else sdpa.
+
+    On a CPU, sdpa wins: triton only runs in its (slow) interpreter there, and flex
+    needs a torch.compile of tens of seconds before it pays off.
+    """
+    if name != "auto":
+        return name
+    device_type = getattr(device, "type", device) or "cpu"
+    if device_type == "cuda" and unavailable_reason("triton") is None:
+        return "triton"
+    return "sdpa"
+
+
+def get_backend(name: str = "auto", device=None, compile: bool = False) -> AttentionBackend:
+    """A backend instance. compile=True compiles what can be compiled (flex)."""
+    name = resolve_backend_name(name, device)
     if name not in BACKENDS:
         raise ValueError(f"attention_backend={name!r}: expected 'auto' or one of "
                          f"{', '.join(map(repr, BACKENDS))}")
+    reason = unavailable_reason(name)
+    if reason:
+        raise ValueError(f"attention_backend={name!r} cannot run here: {reason}")
+    if name == "flex":
+        device_type = getattr(device, "type", device) or "cpu"
+        return FlexBackend(compile=compile or device_type == "cuda")
     return BACKENDS[name]()
 
 
-__all__ = ["AttentionMetadata", "BACKENDS", "get_backend"]
+__all__ = ["AttentionBackend", "AttentionMetadata", "BACKENDS", "available_backends",
+           "get_backend", "resolve_backend_name", "unavailable_reason"]

@@ -1,4 +1,4 @@
-"""Helpers shared by the attention backends: writing and reading the KV cache.
+"""What the attention backends share: the backend interface and KV cache reads/writes.
 
 The cache of one layer is two tensors, K and V, each
 [num_blocks, block_size, num_kv_heads, head_dim]. A token's *slot* is
@@ -7,6 +7,27 @@ block_id * block_size + offset; the model runner computes it (slot_mapping).
 from __future__ import annotations
 
 import torch
+
+
+class AttentionBackend:
+    """One way to compute attention over the paged KV cache.
+
+    A backend gets the whole flat batch of one step and must return, for every query
+    token, attention over its own sequence's keys (cached ones plus this step's).
+    ``supports_cuda_graphs`` says whether its decode path reads only fixed-shape
+    tensors (no Python lists of lengths), so a decode step can be captured once in a
+    CUDA graph and replayed.
+    """
+
+    name = "?"
+    supports_cuda_graphs = False
+
+    def write_kv(self, k_cache, v_cache, k, v, slot_mapping) -> None:
+        write_kv(k_cache, v_cache, k, v, slot_mapping)
+
+    def forward(self, q, k_cache, v_cache, meta, scale: float, k, v) -> torch.Tensor:
+        """q [T, H, D] and this step's k, v [T, KVH, D] -> attention output [T, H, D]."""
+        raise NotImplementedError
 
 
 def write_kv(k_cache, v_cache, k, v, slot_mapping) -> None:

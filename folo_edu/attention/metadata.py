@@ -35,7 +35,10 @@ class AttentionMetadata:
     block_tables: torch.Tensor   # [B, max_blocks] physical block ids per sequence
     block_size: int              # tokens per KV block
     num_decodes: int             # the first num_decodes sequences have query_len == 1
+    seq_lens_tensor: torch.Tensor | None = None  # [B] int32 seq_lens, on the device
     decode_groups: list[DecodeGroup] = field(default_factory=list)
+    # What a backend builds once per step and every layer reuses (e.g. a block mask).
+    per_step: dict = field(default_factory=dict)
 
     @property
     def num_seqs(self) -> int:
@@ -50,11 +53,11 @@ class AttentionMetadata:
         starts = [0]
         for q in query_lens:
             starts.append(starts[-1] + q)
+        device = block_tables.device
         meta = cls(query_lens, seq_lens, starts, slot_mapping, block_tables, block_size,
-                   num_decodes)
+                   num_decodes, torch.tensor(seq_lens, dtype=torch.int32, device=device))
         groups = min(MAX_DECODE_GROUPS, num_decodes)
         bounds = [num_decodes * g // groups for g in range(groups + 1)] if groups else []
-        device = block_tables.device
         for start, end in zip(bounds, bounds[1:]):
             max_len = max(seq_lens[start:end])
             lens = torch.tensor(seq_lens[start:end], device=device)

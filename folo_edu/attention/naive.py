@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from folo_edu.attention.common import causal_mask, gather_kv
+from folo_edu.attention.common import AttentionBackend, causal_mask, gather_kv
 from folo_edu.attention.metadata import AttentionMetadata
 
 
@@ -27,7 +27,7 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.einsum("hls,shd->lhd", probs.to(v.dtype), v)
 
 
-class NaiveBackend:
+class NaiveBackend(AttentionBackend):
     name = "naive"
 
     def forward(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float, k, v):

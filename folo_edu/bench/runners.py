@@ -56,7 +56,7 @@ class FoloRunner:
                        kv_cache_memory_bytes=kv_cache_memory_bytes,
                        skip_tokenizer_init=not self.has_tokenizer)
         self._ids = itertools.count()
-        runner = self.llm.llm_engine.runner
+        runner = self.llm.llm_engine.model_runner
         self.settings = {"dtype": str(runner.dtype).replace("torch.", ""),
                          "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
                          "kv_cache": kv_cache, "attention_backend": runner.backend.name,

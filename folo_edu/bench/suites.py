@@ -98,7 +98,7 @@ def _engines(cfg: BenchConfig):
     device, path = _setup(cfg)
     folo = FoloRunner(path, device, cfg.dtype, cfg.max_model_len, cfg.max_num_seqs,
                       cfg.kv_cache, cfg.attention_backend)
-    hf = HFRunner(path, device, folo.llm.llm_engine.runner.dtype)
+    hf = HFRunner(path, device, folo.llm.llm_engine.model_runner.dtype)
     hf_config = folo.llm.llm_engine.config.model_config.hf_config
     return (device, path, folo, hf, hf_config.vocab_size,
             special_token_ids(folo.llm.get_tokenizer(), hf_config))
@@ -108,7 +108,7 @@ def _engines(cfg: BenchConfig):
 def run_single(cfg: BenchConfig) -> dict:
     t_start = time.perf_counter()
     device, path, folo, hf, vocab, specials = _engines(cfg)
-    dtype = folo.llm.llm_engine.runner.dtype
+    dtype = folo.llm.llm_engine.model_runner.dtype
     repeats = cfg.repeats or 3
     reqs = single_workload(vocab, specials, cfg.num_prompts, cfg.min_prompt_len,
                            cfg.max_prompt_len, cfg.new_tokens, cfg.seed)
@@ -244,7 +244,7 @@ def _evenly(n_total: int, k: int | None) -> list[int]:
 def run_offline(cfg: BenchConfig) -> dict:
     t_start = time.perf_counter()
     device, path, folo, hf, vocab, specials = _engines(cfg)
-    dtype = folo.llm.llm_engine.runner.dtype
+    dtype = folo.llm.llm_engine.model_runner.dtype
     repeats = cfg.repeats or 1
     reqs = offline_workload(vocab, specials, cfg.num_requests, (cfg.min_len, cfg.max_len),
                             (cfg.min_len, cfg.max_len), cfg.seed)

@@ -17,7 +17,9 @@ class LLM:
     one of EngineConfig.from_kwargs's: dtype, max_model_len, block_size,
     num_kv_blocks, kv_cache_memory_bytes, kv_cache ("paged"/"contiguous"),
     max_num_seqs, max_num_batched_tokens, enable_chunked_prefill,
-    attention_backend, device, seed, skip_tokenizer_init.
+    attention_backend ("auto", "naive", "sdpa", "paged-torch", "flex", "triton"),
+    enforce_eager (True: never use CUDA graphs), torch_compile, device, seed,
+    skip_tokenizer_init.
     """
 
     def __init__(self, model: str | None = None, **kwargs):

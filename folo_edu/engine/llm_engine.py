@@ -46,7 +46,7 @@ class LLMEngine:
         self.kv_manager = KVCacheManager(config.cache_config.num_kv_blocks,
                                          config.tokens_per_block)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_manager, mc.max_model_len)
-        self.runner = ModelRunner(config)
+        self.model_runner = ModelRunner(config)
         self.output_processor = OutputProcessor(self.tokenizer)
         # user request id -> (its child sequence requests, output kind)
         self._groups: dict[str, tuple[list[Request], RequestOutputKind]] = {}
@@ -166,7 +166,7 @@ class LLMEngine:
         self.last_step = [(s.request.request_id, s.num_new_tokens,
                            "decode" if s.request.num_computed_tokens >= s.request.num_prompt_tokens
                            else "prefill") for s in sched.scheduled]
-        result = self.runner.execute(sched)
+        result = self.model_runner.execute(sched)
         for rid, lps in result.prompt_logprobs.items():
             self.scheduler.requests[rid].prompt_logprobs.extend(lps)
         for rid, tok in result.sampled.items():

@@ -13,6 +13,7 @@ import torch
 
 from folo_edu.attention import AttentionMetadata, get_backend
 from folo_edu.config import EngineConfig
+from folo_edu.engine.cuda_graphs import DecodeGraphRunner
 from folo_edu.engine.scheduler import SchedulerOutput
 from folo_edu.kv_cache.storage import allocate_kv_cache
 from folo_edu.models.weights import load_model
@@ -37,8 +38,11 @@ class ModelRunner:
     def __init__(self, config: EngineConfig):
         mc = config.model_config
         self.device, self.dtype = mc.torch_device, mc.torch_dtype
-        self.backend = get_backend(config.attention_backend, self.device)
+        self.backend = get_backend(config.attention_backend, self.device,
+                                   compile=config.torch_compile)
         self.model = load_model(mc.path, mc.hf_config, self.backend, self.dtype, self.device)
+        if config.torch_compile:
+            self.model.compile_dense()
         self.block_size = config.tokens_per_block
         self.kv_cache = allocate_kv_cache(
             mc.num_layers, config.cache_config.num_kv_blocks, self.block_size,
@@ -48,6 +52,26 @@ class ModelRunner:
             layer.self_attn.v_cache = self.kv_cache[1, i]
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
+        self.graph_runner: DecodeGraphRunner | None = None
+        self.cuda_graph_status = self._capture_cuda_graphs(config)
+
+    def _capture_cuda_graphs(self, config: EngineConfig) -> str:
+        """Capture decode graphs when device and backend allow; say what happened and why."""
+        if config.enforce_eager:
+            return "off: enforce_eager=True"
+        if self.device.type != "cuda":
+            return f"off: CUDA graphs need a CUDA device, this engine runs on {self.device.type}"
+        if not self.backend.supports_cuda_graphs:
+            return (f"off: attention backend {self.backend.name!r} reads per-step Python "
+                    "lengths in its decode path, so it cannot be captured; "
+                    "use attention_backend='triton'")
+        max_model_len = config.model_config.max_model_len
+        self.graph_runner = DecodeGraphRunner(
+            self.model, max_batch=config.scheduler_config.max_num_seqs,
+            max_blocks_per_seq=-(-max_model_len // self.block_size),
+            block_size=self.block_size, hidden_size=self.model.spec.hidden_size,
+            dtype=self.dtype, device=self.device)
+        return f"on: decode graphs for batch sizes {self.graph_runner.batch_sizes}"
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
@@ -92,13 +116,18 @@ class ModelRunner:
 
         dev = self.device
         width = max(len(t) for t in tables)
-        meta = AttentionMetadata.build(
-            query_lens, seq_lens, torch.tensor(slots, dtype=torch.long, device=dev),
-            torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long,
-                         device=dev),
-            bs)
-        hidden = self.model(torch.tensor(input_ids, dtype=torch.long, device=dev),
-                            torch.tensor(positions, dtype=torch.long, device=dev), meta)
+        ids_t = torch.tensor(input_ids, dtype=torch.long, device=dev)
+        pos_t = torch.tensor(positions, dtype=torch.long, device=dev)
+        slots_t = torch.tensor(slots, dtype=torch.long, device=dev)
+        tables_t = torch.tensor([t + [0] * (width - len(t)) for t in tables],
+                                dtype=torch.long, device=dev)
+        if self.graph_runner is not None and len(input_ids) == len(query_lens):
+            # Decode-only step: replay a captured graph.
+            hidden = self.graph_runner.run(ids_t, pos_t, slots_t, tables_t,
+                                           torch.tensor(seq_lens, dtype=torch.int32, device=dev))
+        else:
+            meta = AttentionMetadata.build(query_lens, seq_lens, slots_t, tables_t, bs)
+            hidden = self.model(ids_t, pos_t, meta)
         if sample_reqs:
             logits = self.model.compute_logits(hidden[sample_rows])
             result = self.sampler(logits, self._sampling_metadata(sample_reqs))

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from folo_edu.attention.common import write_kv
 from folo_edu.attention.metadata import AttentionMetadata
 from folo_edu.models.layers import (RMSNorm, RotaryEmbedding, SwiGLUMLP, apply_rope,
                                     rope_parameters)
@@ -69,17 +68,20 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None
         self.v_cache: torch.Tensor | None = None
 
-    def forward(self, x, meta: AttentionMetadata, cos_sin):
+    def project(self, x, cos_sin):
+        """x [T, hidden] -> q [T, H, D], k and v [T, KVH, D], with q/k norm and RoPE applied."""
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, k, cos_sin)
-        write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
-        out = self.backend.forward(q, self.k_cache, self.v_cache, meta, self.scale, k, v)
-        return self.o_proj(out.flatten(1))
+        return (*apply_rope(q, k, cos_sin), v)
+
+    def attend(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
+        """Store k, v in the cache, then attend: [T, H, D] (before o_proj)."""
+        self.backend.write_kv(self.k_cache, self.v_cache, k, v, meta.slot_mapping)
+        return self.backend.forward(q, self.k_cache, self.v_cache, meta, self.scale, k, v)
 
 
 class DecoderLayer(nn.Module):
@@ -91,7 +93,17 @@ class DecoderLayer(nn.Module):
         self.mlp = SwiGLUMLP(spec.hidden_size, spec.intermediate_size)
 
     def forward(self, x, meta, cos_sin):
-        x = x + self.self_attn(self.input_layernorm(x), meta, cos_sin)
+        q, k, v = self.before_attention(x, cos_sin)
+        return self.after_attention(x, self.self_attn.attend(q, k, v, meta))
+
+    # The two dense halves of a layer, around the attention call. They see only
+    # tensors whose shapes vary with the token count, so torch.compile can take them
+    # (DecoderModel.compile_dense); attention itself reads per-step Python metadata.
+    def before_attention(self, x, cos_sin):
+        return self.self_attn.project(self.input_layernorm(x), cos_sin)
+
+    def after_attention(self, x, attn):
+        x = x + self.self_attn.o_proj(attn.flatten(1))
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -115,6 +127,12 @@ class DecoderModel(nn.Module):
     def set_attention_backend(self, backend) -> None:
         for layer in self.layers:
             layer.self_attn.backend = backend
+
+    def compile_dense(self) -> None:
+        """torch.compile each layer's dense halves (dynamic in the token count)."""
+        for layer in self.layers:
+            layer.before_attention = torch.compile(layer.before_attention, dynamic=True)
+            layer.after_attention = torch.compile(layer.after_attention, dynamic=True)
 
     def forward(self, input_ids, positions, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions: [T] -> hidden states [T, hidden] (before the final norm)."""

@@ -94,7 +94,7 @@ def layer_forward(model, layer_index: int, x: torch.Tensor, positions) -> torch.
 def next_token_logits(model, token_ids: list[int]) -> torch.Tensor:
     """The logits [V] for the token after ``token_ids``: exactly what the Sampler gets.
 
-    Works on the model of a loaded engine (``llm.llm_engine.runner.model``): it runs in a
+    Works on the model of a loaded engine (``llm.llm_engine.model_runner.model``): it runs in a
     private cache, so the engine's own cache and requests are untouched.
     """
     if len(token_ids) == 0:

@@ -193,6 +193,6 @@ def test_kv_cache_memory_bytes_sizes_the_pool(tiny_path):
     mc = engine.config.model_config
     per_block = 16 * mc.kv_bytes_per_token()
     assert engine.get_stats()["kv_blocks_total"] == (1 << 20) // per_block
-    assert tuple(engine.runner.kv_cache.shape) == (
+    assert tuple(engine.model_runner.kv_cache.shape) == (
         2, mc.num_layers, (1 << 20) // per_block, 16, mc.num_kv_heads, mc.head_dim)
-    assert engine.runner.kv_cache.dtype == torch.float32
+    assert engine.model_runner.kv_cache.dtype == torch.float32

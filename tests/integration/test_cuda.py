@@ -28,7 +28,7 @@ def test_cuda_greedy_equals_transformers_float64(tiny_model_dir, name, backend):
     path = str(tiny_model_dir(name))
     llm = LLM(path, device="cuda", dtype="float64", skip_tokenizer_init=True,
               max_model_len=128, attention_backend=backend, num_kv_blocks=64)
-    assert next(llm.llm_engine.runner.model.parameters()).is_cuda
+    assert next(llm.llm_engine.model_runner.model.parameters()).is_cuda
     prompts = _prompts()
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0, max_tokens=32, ignore_eos=True),
@@ -45,7 +45,7 @@ def test_cuda_greedy_equals_transformers_float64(tiny_model_dir, name, backend):
 def test_cuda_auto_dtype_is_half_precision_and_runs(tiny_model_dir):
     path = str(tiny_model_dir("qwen3-odd-headdim"))
     llm = LLM(path, skip_tokenizer_init=True, max_model_len=128, num_kv_blocks=64)
-    runner = llm.llm_engine.runner
+    runner = llm.llm_engine.model_runner
     assert runner.device.type == "cuda"
     assert runner.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     outs = llm.generate([{"prompt_token_ids": p} for p in _prompts(8)],

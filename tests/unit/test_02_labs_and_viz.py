@@ -76,14 +76,14 @@ def test_layer_forward_equals_transformers_layer(tiny64, backend):
 def test_private_cache_restores_the_engine_cache(tiny_model_dir):
     llm = LLM(str(tiny_model_dir("llama-gqa2-tied")), skip_tokenizer_init=True,
               max_model_len=64, num_kv_blocks=8)
-    model = llm.llm_engine.runner.model
+    model = llm.llm_engine.model_runner.model
     before = [(layer.self_attn.k_cache, layer.self_attn.v_cache) for layer in model.layers]
-    snapshot = llm.llm_engine.runner.kv_cache.clone()
+    snapshot = llm.llm_engine.model_runner.kv_cache.clone()
     logits = next_token_logits(model, _ids(10))
     assert logits.shape == (VOCAB,)
     for layer, (k, v) in zip(model.layers, before):
         assert layer.self_attn.k_cache is k and layer.self_attn.v_cache is v
-    assert torch.equal(llm.llm_engine.runner.kv_cache, snapshot)  # the engine's cache untouched
+    assert torch.equal(llm.llm_engine.model_runner.kv_cache, snapshot)  # the engine's cache untouched
     # ... and the engine's own greedy token is the argmax of these logits.
     out = llm.generate({"prompt_token_ids": _ids(10)}, SamplingParams(temperature=0, max_tokens=1),
                        use_tqdm=False)[0]
