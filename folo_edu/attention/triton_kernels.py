@@ -68,7 +68,12 @@ if TRITON_UNAVAILABLE_REASON is None:
                              stride_btb, stride_btw, stride_sl, stride_slot, stride_head,
                              block_size, group, head_dim,
                              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-        """One program per (sequence b, query head h): attention of q[b, h] over its keys."""
+        """One program per (sequence b, query head h): attention of q[b, h] over its keys.
+
+        Per query head, not per KV head: the heads of a GQA group each read the same K/V
+        tiles (mostly from the GPU's L2 cache), but a program stays a 1-D dot product per
+        key, with no [group, BLOCK_N, BLOCK_D] tiles and no tl.dot (which wants >= 16 rows).
+        """
         b = tl.program_id(0)
         h = tl.program_id(1)
         kv_h = h // group  # grouped-query attention: `group` query heads share a KV head
@@ -85,7 +90,7 @@ if TRITON_UNAVAILABLE_REASON is None:
         m_i = tl.full([], float("-inf"), ACC)  # running max of the scores
         l_i = tl.full([], 0.0, ACC)            # running sum of exp(score - m_i)
         acc = tl.zeros([BLOCK_D], ACC)         # running sum of exp(score - m_i) * v
-        for start in range(0, seq_len - 1, BLOCK_N):
+        for start in range(0, seq_len, BLOCK_N):
             pos = start + tl.arange(0, BLOCK_N)  # key positions of this tile
             pos_ok = pos < seq_len
             # position -> physical slot, through the block table (any block_size works)
