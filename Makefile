@@ -11,10 +11,14 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 STAMP := $(VENV)/.folo_edu-installed
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+# Triton: a CUDA torch brings its own matching triton. A CPU machine gets it too, so
+# that the Triton kernels run (in Triton's interpreter) in the tests and notebook 06.
 ifeq ($(HAS_GPU),yes)
 TORCH_SPEC ?= torch
+TRITON_SPEC ?=
 else
 TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.8.0
 endif
 PYTEST_WORKERS ?= 2
 # The hub is unreachable on the course machines; fail fast instead of timing out.
@@ -31,6 +35,7 @@ $(STAMP): pyproject.toml
 	@if $(VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)"; \
 	then echo "torch already in $(VENV), keeping it"; \
 	else echo "installing $(TORCH_SPEC)"; $(VENV)/bin/pip install $(TORCH_SPEC); fi
+	@if [ -n "$(TRITON_SPEC)" ]; then $(VENV)/bin/pip install $(TRITON_SPEC); fi
 	$(VENV)/bin/pip install -e '.[dev]'
 	@touch $@
 

@@ -11,6 +11,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import folo_edu  # noqa: E402, F401  (on CPU it turns on TRITON_INTERPRET before triton loads)
+
 # Under pytest-xdist, each worker gets one torch thread: two workers with two threads
 # each on a 2-core machine make every small op wait on spinning threads.
 if os.environ.get("PYTEST_XDIST_WORKER"):
