@@ -30,7 +30,7 @@ export HF_HUB_OFFLINE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@if $(VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)"; \
 	then echo "torch already in $(VENV), keeping it"; \

@@ -17,7 +17,9 @@ def _cmd_download(args) -> int:
 def _make_llm_and_params(args):
     from folo_edu import LLM, SamplingParams
 
-    llm = LLM(args.model, max_model_len=args.max_model_len, seed=args.seed)
+    llm = LLM(args.model, max_model_len=args.max_model_len, seed=args.seed,
+              attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+              torch_compile=args.torch_compile)
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p,
                             max_tokens=args.max_tokens, seed=args.seed)
     return llm, params
@@ -86,6 +88,10 @@ def _add_model_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--max-tokens", type=int, default=max_tokens)
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto")
+    p.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="torch.compile the dense layer work (slow start, see docs/dev/milestone_4)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,8 @@ class FoloRunner:
 
     def __init__(self, model_path: str, device: torch.device, dtype: str = "float32",
                  max_model_len: int = 1024, max_num_seqs: int = 64, kv_cache: str = "paged",
-                 attention_backend: str = "auto", kv_cache_memory_bytes: int | None = None):
+                 attention_backend: str = "auto", kv_cache_memory_bytes: int | None = None,
+                 **engine_kwargs):
         from folo_edu import LLM
 
         self.device = device
@@ -54,7 +55,7 @@ class FoloRunner:
                        max_num_seqs=max_num_seqs, kv_cache=kv_cache,
                        attention_backend=attention_backend,
                        kv_cache_memory_bytes=kv_cache_memory_bytes,
-                       skip_tokenizer_init=not self.has_tokenizer)
+                       skip_tokenizer_init=not self.has_tokenizer, **engine_kwargs)
         self._ids = itertools.count()
         runner = self.llm.llm_engine.model_runner
         self.settings = {"dtype": str(runner.dtype).replace("torch.", ""),
@@ -62,7 +63,8 @@ class FoloRunner:
                          "kv_cache": kv_cache, "attention_backend": runner.backend.name,
                          "num_kv_blocks": self.llm.llm_engine.kv_manager.num_blocks,
                          "block_size": self.llm.llm_engine.config.tokens_per_block,
-                         "detokenize": self.has_tokenizer}
+                         "detokenize": self.has_tokenizer,
+                         "cuda_graphs": runner.cuda_graph_status, **engine_kwargs}
 
     @staticmethod
     def _params(n: int, delta: bool = False):
