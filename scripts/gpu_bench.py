@@ -1,153 +1,830 @@
-"""GPU throughput: folo_edu vs transformers generate on the Qwen3-0.6B shape.
+"""GPU benchmark matrix (milestone M4): attention backends, eager vs CUDA graphs, and
+transformers, on the Qwen3-0.6B shape with nano-vllm's bench workload.
 
-nano-vllm's bench shape: 256 requests, prompt and output lengths uniform in
-[100, 1024], random token ids, greedy with ignore_eos. The weights are random
-(Qwen3-0.6B's published config, nothing downloaded): throughput does not depend
-on the values. transformers runs the same requests in static batches with left
-padding; only useful output tokens count for either side.
+The workload is nano-vllm's: 256 requests, prompt and output lengths each uniform in
+[100, 1024], random token ids, greedy, ignore_eos, so every request yields exactly its
+output length. The model has Qwen3-0.6B's published shape with random bf16 weights
+(nothing is downloaded): throughput does not depend on the values.
 
-    python scripts/gpu_bench.py --out results.json           # on a GPU
-    python scripts/gpu_bench.py --smoke --out /tmp/s.json     # a tiny CPU dry run
+Each configuration below runs in a fresh LLM, by default in its own Python process, so
+a crash (say an illegal memory access in a kernel) or a hang costs that configuration
+alone. Each is warmed up on a few short requests, then timed ONCE (the GPU lease is 15
+minutes; the JSON says so): output tokens / wall seconds of the whole generate loop.
+
+    name                     engine        backend      decode steps  workload     cap
+    triton-graphs            folo_edu      triton       CUDA graphs   full (256)  120 s
+    triton-eager             folo_edu      triton       eager         full         60 s
+    transformers@subset      transformers  (its sdpa)   generate      subset (64)  75 s
+    triton-graphs@subset     folo_edu      triton       CUDA graphs   subset       40 s
+    sdpa-eager               folo_edu      sdpa         eager         full         60 s
+    flex-eager               folo_edu      flex         eager         full         60 s
+    sdpa-eager@subset        folo_edu      sdpa         eager         subset       50 s
+    paged-torch-eager@small  folo_edu      paged-torch  eager         small (16)   40 s
+
+They run in that order, most important first. A global deadline (--deadline-s) bounds
+the whole run: each configuration gets at most its cap (of engine work: init, warm-up,
+timed run; --cap NAME=S changes one) and what is left; one that reaches it stops
+between engine steps and is recorded as "partial" (its tok/s covers only the part it
+ran); one that cannot start in time is "skipped". Ratios use complete runs; where a
+run stopped early, two folo_edu runs are still compared on the time each took to make
+the same first output tokens ("prefix_value": the scheduler does not depend on the
+backend, so both did the same work up to there). transformers runs the subset in
+static batches with left padding (only the useful tokens count), since the whole 256
+did not finish in 300 s on the last run.
+
+    python scripts/gpu_bench.py --out gpu_bench.json                # on a GPU
+    python scripts/gpu_bench.py --device cpu --tiny --out /tmp/t.json  # CPU smoke
+
+--tiny swaps in a tiny random Qwen3 (folo_edu.models.tiny) and a few short requests,
+and adds the naive backend; on a CPU triton runs in its interpreter and is skipped
+once it takes longer than its 20 s cap. scripts/gpu_check.sh runs this on a lent GPU.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import hashlib
+import inspect
 import json
-import platform
-import random
-import statistics
+import os
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing folo_edu
+    sys.path.insert(0, str(ROOT))
 
-# Qwen3-0.6B config.json as published on the Hugging Face hub (Qwen/Qwen3-0.6B).
+import torch  # noqa: E402
+
+# Qwen3-0.6B's config.json on the Hugging Face hub (Qwen/Qwen3-0.6B), as overrides of
+# the tiny Qwen3 config (folo_edu.models.tiny), which supplies architecture and tokens.
 QWEN3_0_6B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                   num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                  vocab_size=151936, max_position_embeddings=40960, rope_theta=1000000.0,
-                  rms_norm_eps=1e-6, tie_word_embeddings=True)
-SMOKE = dict(QWEN3_0_6B, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512)
+                  tie_word_embeddings=True, vocab_size=151936,
+                  max_position_embeddings=40960, rope_theta=1000000.0)
+TINY_NAME = "qwen3-odd-headdim"
+SPECIAL_IDS = {0, 1, 2}  # pad, bos, eos of the random configs: never in a prompt
+
+# Published reference points for the same shape (nano-vllm's README: Qwen3-0.6B,
+# 256 requests, input and output lengths uniform in 100-1024, RTX 4070 Laptop 8 GB).
+REFERENCE_POINTS = {
+    "nano_vllm_rtx4070_laptop_output_tok_s": 1434,
+    "vllm_rtx4070_laptop_output_tok_s": 1362,
+    "source": "nano-vllm README (GeeeekExplorer/nano-vllm), same model shape and workload",
+    "note": "a different and smaller GPU: context for the numbers here, not a same-machine ratio",
+    "folo_edu_m2_h200_sdpa_eager_output_tok_s": 1291,
+    "folo_edu_m2_note": "M2-era folo_edu on an H200 (commit 8be7434), eager SDPA, 256 requests; "
+                        "benchmarks/results/gpu/gpu_bench_h200_256req.json",
+}
+
+# name -> settings. cap_s: the most seconds of engine work (init, warm-up, timed run) on
+# a GPU; TINY_CAP_S replaces it with --tiny. DEFAULT_* order is the run order, the most
+# important first. The eager runs take ~100 s each in full (1,024 decode steps at about
+# 100 ms, M2 on an H200): their caps stop them early, and prefix_ratio still compares
+# them with the others on the same first output tokens.
+CONFIGS = {
+    "triton-graphs": dict(engine="folo", backend="triton", eager=False, workload="full",
+                          cap_s=120),
+    "triton-eager": dict(engine="folo", backend="triton", eager=True, workload="full",
+                         cap_s=60),
+    "transformers@subset": dict(engine="transformers", workload="subset", cap_s=75),
+    "triton-graphs@subset": dict(engine="folo", backend="triton", eager=False,
+                                 workload="subset", cap_s=40),
+    "sdpa-eager": dict(engine="folo", backend="sdpa", eager=True, workload="full", cap_s=60),
+    "flex-eager": dict(engine="folo", backend="flex", eager=True, workload="full", cap_s=60),
+    "sdpa-eager@subset": dict(engine="folo", backend="sdpa", eager=True, workload="subset",
+                              cap_s=50),
+    "paged-torch-eager@small": dict(engine="folo", backend="paged-torch", eager=True,
+                                    workload="small", cap_s=40),
+    # Not in the default GPU list: naive is the slow reference (tiny smoke only), and
+    # torch.compile's compile time does not fit the default budget.
+    "naive-eager": dict(engine="folo", backend="naive", eager=True, workload="full", cap_s=60),
+    "triton-graphs-compile": dict(engine="folo", backend="triton", eager=False,
+                                  compile=True, workload="full", cap_s=180),
+}
+DEFAULT_GPU = ["triton-graphs", "triton-eager", "transformers@subset", "triton-graphs@subset",
+               "sdpa-eager", "flex-eager", "sdpa-eager@subset", "paged-torch-eager@small"]
+# On a CPU, CUDA graphs are off, so triton-graphs would repeat triton-eager: only the
+# subset one runs, to show the engine's graph status and the ratio against transformers.
+DEFAULT_TINY = ["sdpa-eager", "naive-eager", "paged-torch-eager@small", "flex-eager",
+                "triton-eager", "transformers@subset", "sdpa-eager@subset",
+                "triton-graphs@subset"]
+TINY_CAP_S = 20.0
+MIN_START_S = 25.0   # a configuration is not started with less time than this left (GPU)
+# A config's budget covers its own work: engine init, warm-up and the timed run. A child
+# process also needs time to import torch before and to exit after: GRACE_S, in which
+# it must be done, or it is killed.
+GRACE_S = 15.0
+STOP_MARGIN_S = 3.0  # a run stops at least this long before the child's hard end
+PROGRESS_EVERY = 10  # engine steps between two (seconds, tokens) points of a run
 
 
-def sync(device):
+def log(msg: str) -> None:
+    print(f"[gpu_bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- model and workload ------------------------------------------------------------
+def model_spec(tiny: bool) -> dict:
+    return {"tiny": TINY_NAME, "vocab_size": 256, "max_position_embeddings": 512} if tiny \
+        else dict(QWEN3_0_6B)
+
+
+def build_model(folder: Path, tiny: bool) -> Path:
+    """A random HF folder of the benchmark's shape; reused if one with the same spec is
+    there already (gpu_check.sh builds it in the background while the tests run)."""
+    folder = Path(folder)
+    marker = folder / "folo_gpu_bench_model.json"
+    spec = model_spec(tiny)
+    if marker.is_file() and json.loads(marker.read_text()) == spec:
+        return folder
+    t0 = time.perf_counter()
+    if tiny:
+        from folo_edu.models.tiny import make_tiny_model
+
+        make_tiny_model(folder, TINY_NAME, vocab_size=256, max_position_embeddings=512)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        from folo_edu.models.tiny import tiny_hf_config
+
+        # The default init (std 0.02) keeps bf16 activations finite over 28 layers.
+        config = tiny_hf_config(TINY_NAME, **QWEN3_0_6B)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.save_pretrained(folder)
+        del model
+    marker.write_text(json.dumps(spec))
+    log(f"built the {'tiny' if tiny else 'Qwen3-0.6B-shape'} random model in "
+        f"{time.perf_counter() - t0:.1f} s at {folder}")
+    return folder
+
+
+def make_workloads(args) -> dict:
+    """full, subset (its first --subset requests) and small (its first --small)."""
+    from folo_edu.bench.workloads import offline_workload
+
+    lens = (4, 16) if args.tiny else (100, 1024)
+    vocab = 256 if args.tiny else QWEN3_0_6B["vocab_size"]
+    full = offline_workload(vocab, SPECIAL_IDS, args.requests, lens, lens, seed=args.seed)
+    reqs = {"full": full, "subset": full[:args.subset], "small": full[:args.small]}
+    info = {}
+    for name, rs in reqs.items():
+        info[name] = {"num_requests": len(rs), "prompt_len_range": list(lens),
+                      "output_len_range": list(lens), "seed": args.seed,
+                      "total_prompt_tokens": sum(r.prompt_len for r in rs),
+                      "total_output_tokens": sum(r.max_tokens for r in rs),
+                      "longest_output": max(r.max_tokens for r in rs),
+                      "of": "full" if name == "full" else f"the first {len(rs)} requests of full"}
+    return {"requests": {k: [[r.prompt_token_ids, r.max_tokens] for r in v]
+                         for k, v in reqs.items()}, "info": info}
+
+
+# ---- one configuration (in the child process, or in-process with --isolate none) ---
+def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def make_model(folder: Path, spec: dict, dtype) -> Path:
-    from transformers import AutoModelForCausalLM, Qwen3Config
-
-    config = Qwen3Config(**spec, bos_token_id=1, eos_token_id=2)
-    config.architectures = ["Qwen3ForCausalLM"]
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.save_pretrained(folder)
-    return folder
+def _gib(n):
+    return round(n / 2**30, 3)
 
 
-def workload(n, lo, hi, vocab, seed):
-    rng = random.Random(seed)
-    prompts = [[rng.randrange(3, vocab) for _ in range(rng.randint(lo, hi))] for _ in range(n)]
-    outs = [rng.randint(lo, hi) for _ in range(n)]
-    return prompts, outs
+def _memory(device) -> dict:
+    if device.type != "cuda":
+        return {"peak_gpu_mem_gib": None, "peak_gpu_reserved_gib": None}
+    return {"peak_gpu_mem_gib": _gib(torch.cuda.max_memory_allocated()),
+            "peak_gpu_reserved_gib": _gib(torch.cuda.max_memory_reserved())}
 
 
-def bench_folo(path, prompts, outs, device, dtype, max_len, backend, repeats):
-    from folo_edu import LLM, SamplingParams
-
-    llm = LLM(str(path), device=device.type, dtype=dtype, max_model_len=max_len,
-              max_num_seqs=len(prompts), max_num_batched_tokens=max(16384, max_len),
-              skip_tokenizer_init=True, attention_backend=backend)
-    params = [SamplingParams(temperature=0, max_tokens=o, ignore_eos=True) for o in outs]
-    reqs = [{"prompt_token_ids": p} for p in prompts]
-    llm.generate(reqs[:4], params[:4], use_tqdm=False)  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        res = llm.generate(reqs, params, use_tqdm=False)
-        sync(device)
-        times.append(time.perf_counter() - t)
-        assert [len(r.outputs[0].token_ids) for r in res] == outs
-    return times, llm.llm_engine.get_stats()
+def _engine_runner(llm):
+    engine = llm.llm_engine
+    return getattr(engine, "model_runner", None) or getattr(engine, "runner", None)
 
 
-def bench_hf(path, prompts, outs, device, dtype, batch, repeats):
-    from transformers import AutoModelForCausalLM
+def _folo_kwargs(cfg: dict, spec: dict) -> dict:
+    from folo_edu.config import EngineConfig
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    model.generation_config.eos_token_id = None
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        for i in range(0, len(prompts), batch):
-            ps, os_ = prompts[i:i + batch], outs[i:i + batch]
-            width = max(map(len, ps))
-            ids = torch.tensor([[0] * (width - len(p)) + p for p in ps], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps],
-                                device=device)
-            with torch.inference_mode():
-                model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(os_),
-                               do_sample=False, pad_token_id=0)
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return times
+    accepted = inspect.signature(EngineConfig.from_kwargs).parameters
+    kw = dict(spec["engine_settings"], device=spec["device"], skip_tokenizer_init=True,
+              attention_backend=cfg["backend"])
+    if "enforce_eager" in accepted:
+        kw["enforce_eager"] = cfg["eager"]
+    if cfg.get("compile"):
+        kw["torch_compile"] = True
+    return kw
+
+
+def _folo_generate(llm, reqs, stop_at: float, tag: str) -> dict:
+    """All requests added at once, then engine steps until done or stop_at (checked
+    between steps). Returns the run's numbers; the clock covers adds and steps."""
+    from folo_edu import RequestOutputKind, SamplingParams
+
+    engine = llm.llm_engine
+    device = _engine_runner(llm).device
+    preempt0 = getattr(engine.scheduler, "num_preemptions", 0)
+    expected = {f"{tag}-{i}": n for i, (_, n) in enumerate(reqs)}
+    _sync(device)
+    t0 = time.perf_counter()
+    for i, (prompt, n) in enumerate(reqs):
+        engine.add_request(f"{tag}-{i}", {"prompt_token_ids": prompt},
+                           SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True,
+                                          output_kind=RequestOutputKind.FINAL_ONLY))
+    done: dict[str, int] = {}
+    steps, stopped = 0, False
+    # (seconds, output tokens so far) every PROGRESS_EVERY steps: every request in a step
+    # samples one token (no chunked prefill), so len(engine.last_step) counts them.
+    made, progress = 0, []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = len(out.outputs[0].token_ids)
+        steps += 1
+        made += len(getattr(engine, "last_step", ()))
+        if steps % PROGRESS_EVERY == 0:
+            progress.append([round(time.perf_counter() - t0, 4), made])
+        if engine.has_unfinished_requests() and time.perf_counter() > stop_at:
+            stopped = True
+            break
+    _sync(device)
+    wall = time.perf_counter() - t0
+    progress.append([round(wall, 4), made])
+    tokens = sum(done.values())
+    if stopped:  # count what the unfinished requests made so far, then drop them
+        left = [rid for rid in expected if rid not in done]
+        reqmap = getattr(engine.scheduler, "requests", {})
+        tokens += sum(len(getattr(reqmap.get(rid), "output_token_ids", ())) for rid in left)
+        for rid in left:
+            try:
+                engine.abort_request(rid)
+            except KeyError:  # it finished after all
+                pass
+    return {"status": "partial" if stopped else "ok", "requests": len(reqs),
+            "finished_requests": len(done), "output_tokens": tokens,
+            "expected_output_tokens": sum(expected.values()), "wall_s": wall,
+            "output_tok_s": tokens / wall if wall > 0 else None, "engine_steps": steps,
+            "progress": progress if made == tokens else None,
+            "exact_lengths": all(done[r] == expected[r] for r in done),
+            "num_preemptions": getattr(engine.scheduler, "num_preemptions", 0) - preempt0}
+
+
+def _warmup_requests(reqs, tiny: bool):
+    """The first k requests with outputs of 2..k+1 tokens, so the batch shrinks one by
+    one through every small size: kernels compile and graphs replay before timing."""
+    k = 2 if tiny else 17
+    return [(p, 2 + i) for i, (p, _) in enumerate(reqs[:k])]
+
+
+def run_folo(cfg: dict, spec: dict, reqs, stop_at: float, res: dict) -> dict:
+    """Fills res as it goes, so an exception leaves what was measured before it."""
+    from folo_edu import LLM
+
+    device = torch.device(spec["device"])
+    kw = _folo_kwargs(cfg, spec)
+    res["engine_kwargs"] = {k: v for k, v in kw.items() if k != "device"}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    res["phase"] = "init"
+    t = time.perf_counter()
+    llm = LLM(spec["model_path"], **kw)
+    res["init_s"] = time.perf_counter() - t
+    runner = _engine_runner(llm)
+    res["attention_backend"] = getattr(getattr(runner, "backend", None), "name", None)
+    res["cuda_graph_status"] = getattr(
+        runner, "cuda_graph_status", "not reported (no ModelRunner.cuda_graph_status)")
+    res["num_kv_blocks"] = llm.llm_engine.kv_manager.num_blocks
+    if device.type == "cuda":
+        res["gpu_mem_after_init_gib"] = _gib(torch.cuda.memory_allocated())
+    res["phase"] = "warmup"
+    t = time.perf_counter()
+    warm = _folo_generate(llm, _warmup_requests(reqs, spec["tiny"]), stop_at, "warmup")
+    res["warmup_s"] = time.perf_counter() - t
+    if warm["status"] != "ok":
+        res.update(status="partial", reason="the budget ran out during the warm-up",
+                   output_tok_s=None)
+        return res
+    res["phase"] = "run"
+    res.update(_folo_generate(llm, reqs, stop_at, "bench"))
+    res.update(_memory(device))
+    res.pop("phase")
+    del llm, runner
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+class _Deadline:
+    """A transformers stopping criterion: stop every row once the clock passes stop_at."""
+
+    def __init__(self, stop_at: float):
+        self.stop_at, self.hit = stop_at, False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.hit = self.hit or time.perf_counter() > self.stop_at
+        return torch.full((input_ids.shape[0],), self.hit, dtype=torch.bool,
+                          device=input_ids.device)
+
+
+def run_transformers(spec: dict, reqs, stop_at: float, res: dict) -> dict:
+    """transformers generate in static batches of hf_batch, left-padded to the batch's
+    longest prompt, run to its longest output; only each row's own tokens count."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    from folo_edu.bench.runners import HFRunner
+
+    device = torch.device(spec["device"])
+    dtype = getattr(torch, spec["engine_settings"]["dtype"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    res["phase"] = "init"
+    t = time.perf_counter()
+    hf = HFRunner(spec["model_path"], device, dtype)
+    res["init_s"] = time.perf_counter() - t
+    res["settings"] = hf.settings
+    deadline = type("Deadline", (_Deadline, StoppingCriteria), {})
+
+    def generate(batch, crit):
+        width = max(len(p) for p, _ in batch)
+        steps = max(n for _, n in batch)
+        ids = torch.tensor([[hf.pad_id] * (width - len(p)) + p for p, _ in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in batch],
+                            device=device)
+        with torch.inference_mode():
+            out = hf.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
+                                    min_new_tokens=steps, do_sample=False, temperature=None,
+                                    top_p=None, top_k=None, pad_token_id=hf.pad_id,
+                                    stopping_criteria=StoppingCriteriaList([crit]))
+        made = out.shape[1] - width
+        return sum(min(made, n) for _, n in batch), made == steps
+
+    res["phase"] = "warmup"
+    t = time.perf_counter()
+    generate([(p[:32], 4) for p, _ in reqs[:2]], deadline(stop_at))
+    res["warmup_s"] = time.perf_counter() - t
+    res["phase"] = "run"
+    batch_size = spec["hf_batch"]
+    tokens, finished, stopped = 0, 0, False
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(0, len(reqs), batch_size):
+        batch = reqs[i:i + batch_size]
+        crit = deadline(stop_at)
+        made, complete = generate(batch, crit)
+        tokens += made
+        if not complete:
+            stopped = True
+            break
+        finished += len(batch)
+        if i + batch_size < len(reqs) and time.perf_counter() > stop_at:
+            stopped = True
+            break
+    _sync(device)
+    wall = time.perf_counter() - t0
+    res.pop("phase")
+    res.update({"status": "partial" if stopped else "ok", "requests": len(reqs),
+                "finished_requests": finished, "output_tokens": tokens,
+                "expected_output_tokens": sum(n for _, n in reqs), "wall_s": wall,
+                "output_tok_s": tokens / wall if wall > 0 else None, "batch_size": batch_size,
+                "cuda_graph_status": "n/a (transformers generate)",
+                "attention_backend": hf.settings.get("attn_implementation")})
+    res.update(_memory(device))
+    return res
+
+
+def run_config(spec: dict) -> dict:
+    """Run one configuration described by spec; never raises."""
+    start = time.perf_counter()
+    # The budget counts from now; the hard end (on the wall clock both processes share)
+    # is when the parent kills this process.
+    stop_at = min(start + spec["budget_s"],
+                  start + spec["hard_end_at"] - time.time() - STOP_MARGIN_S)
+    cfg = spec["config"]
+    reqs = [tuple(r) for r in json.loads(Path(spec["workload_path"]).read_text())
+            ["requests"][cfg["workload"]]]
+    torch.manual_seed(0)
+    res: dict = {}
+    try:
+        if cfg["engine"] == "transformers":
+            run_transformers(spec, reqs, stop_at, res)
+        else:
+            run_folo(cfg, spec, reqs, stop_at, res)
+    except Exception as e:  # noqa: BLE001  - recorded, and the next config runs
+        traceback.print_exc()
+        res.update(status="error", error=f"{type(e).__name__}: {e}"[:2000],
+                   error_phase=res.pop("phase", None), output_tok_s=None,
+                   traceback_tail=traceback.format_exc().strip().splitlines()[-6:])
+        try:  # after a CUDA error this can fail too
+            res.update(_memory(torch.device(spec["device"])))
+        except Exception:  # noqa: BLE001
+            pass
+    res["process_s"] = time.perf_counter() - start
+    if res.get("status") == "partial" and "reason" not in res:
+        res["reason"] = (f"stopped at its {spec['budget_s']:.0f} s budget: tok/s covers only "
+                         "the part that ran (ratios compare it only on the same first "
+                         "output tokens: prefix_value)")
+    return res
+
+
+def child_main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    # Import before the budget's clock starts: it measures the engine, not Python.
+    if spec["config"]["engine"] == "transformers":
+        from transformers import AutoModelForCausalLM  # noqa: F401
+
+        import folo_edu.bench.runners  # noqa: F401
+    else:
+        import folo_edu.attention  # noqa: F401
+        import folo_edu.engine.llm  # noqa: F401
+    res = run_config(spec)
+    Path(spec["result_path"]).write_text(json.dumps(res, default=str))
+    return 0
+
+
+# ---- the parent: the matrix, the deadline, the JSON --------------------------------
+def source_info() -> dict:
+    """The git commit if there is one (a lent GPU machine gets a copy without history;
+    FOLO_EDU_COMMIT may name it), and a hash of the sources that ran either way."""
+    from folo_edu.bench.machine import source_version
+
+    info = source_version()
+    if info.get("commit") is None and os.environ.get("FOLO_EDU_COMMIT"):
+        info["commit"] = os.environ["FOLO_EDU_COMMIT"]
+        info["commit_from"] = "FOLO_EDU_COMMIT"
+    h = hashlib.sha256()
+    files = sorted([*ROOT.glob("folo_edu/**/*.py"), *ROOT.glob("scripts/*")])
+    for f in files:
+        if f.is_file():
+            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    info["sources_sha256"] = h.hexdigest()[:16]
+    info["sources_hashed"] = "folo_edu/**/*.py and scripts/*"
+    return info
+
+
+def machine(device) -> dict:
+    from folo_edu.bench.machine import machine_info
+
+    info = machine_info(device)
+    # Read from the package metadata: importing triton here, before
+    # folo_edu.attention.triton_kernels, would keep it out of its CPU interpreter mode.
+    from importlib import metadata
+
+    try:
+        info["triton"] = metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["gpu_name"] = torch.cuda.get_device_name()
+    return info
+
+
+def precheck(cfg: dict, device) -> str | None:
+    """Why this checkout cannot run cfg at all (an option or backend it lacks), or None."""
+    if cfg["engine"] != "folo":
+        return None
+    from folo_edu import config as fc
+
+    accepted = inspect.signature(fc.EngineConfig.from_kwargs).parameters
+    if cfg["backend"] not in getattr(fc, "ATTENTION_BACKENDS", ()):
+        return (f"attention_backend={cfg['backend']!r} is not one of this checkout's "
+                f"{getattr(fc, 'ATTENTION_BACKENDS', ())}")
+    if not cfg["eager"] and "enforce_eager" not in accepted:
+        return "EngineConfig.from_kwargs has no enforce_eager option: no CUDA graphs to ask for"
+    if cfg.get("compile") and "torch_compile" not in accepted:
+        return "EngineConfig.from_kwargs has no torch_compile option"
+    try:
+        from folo_edu.attention import unavailable_reason
+    except ImportError:
+        return None
+    return unavailable_reason(cfg["backend"])
+
+
+def blocked_by(name: str, cfg: dict, results: dict, device) -> str | None:
+    """Skip a config whose settings already failed; on a CPU, skip a backend once any of
+    its runs failed or ran out of time (the triton interpreter is very slow)."""
+    for other, r in results.items():
+        o = CONFIGS.get(other, {})
+        if o.get("engine") != "folo" or cfg["engine"] != "folo" or o["backend"] != cfg["backend"]:
+            continue
+        same = o["eager"] == cfg["eager"] and o.get("compile") == cfg.get("compile")
+        if same and r["status"] in ("error", "killed"):
+            return f"{other} with the same settings failed: {r.get('error', r['status'])}"[:500]
+        if device.type == "cpu" and r["status"] in ("error", "killed", "partial", "unsupported"):
+            return (f"{other} ({cfg['backend']} on CPU) was {r['status']}: "
+                    f"{r.get('reason') or r.get('error') or ''}")[:500]
+    return None
+
+
+def _time_to(progress, n):
+    """Seconds until n output tokens, interpolated between the recorded points."""
+    prev_t, prev_n = 0.0, 0
+    for t, m in progress:
+        if m >= n:
+            return prev_t + (t - prev_t) * (n - prev_n) / max(m - prev_n, 1)
+        prev_t, prev_n = t, m
+    return None
+
+
+def prefix_ratio(a: dict | None, b: dict | None) -> dict:
+    """When a run stopped early: a's speed over b's on the same first N output tokens.
+
+    Two folo_edu runs of one workload schedule the same requests in the same order
+    (the scheduler never looks at the backend), so the time each took to reach the N-th
+    output token compares the same work. N is the smaller of the two runs' totals.
+    """
+    pa, pb = (r.get("progress") if r else None for r in (a, b))
+    if not pa or not pb:
+        return {}
+    n = min(pa[-1][1], pb[-1][1])
+    ta, tb = _time_to(pa, n), _time_to(pb, n)
+    if not n or not ta or not tb:
+        return {}
+    return {"prefix_value": round(tb / ta, 3), "prefix_output_tokens": n,
+            "prefix_note": "a run stopped early: the ratio of the times each took to make "
+                           "the first prefix_output_tokens output tokens of the same workload"}
+
+
+def ratios(results: dict, names: list[str]) -> dict:
+    def tok_s(n):
+        r = results.get(n)
+        return r["output_tok_s"] if r and r.get("status") == "ok" else None
+
+    def entry(a, b):
+        va, vb = tok_s(a), tok_s(b)
+        e = {"value": None if va is None or not vb else round(va / vb, 3), "of": [a, b]}
+        if e["value"] is None:
+            e["missing"] = {n: (results.get(n) or {}).get("status", "not in this run")
+                            for n in (a, b) if tok_s(n) is None}
+            e.update(prefix_ratio(results.get(a), results.get(b)))
+        return e
+
+    out: dict = {"graphs_vs_eager": {}, "vs_sdpa_eager": {}, "vs_transformers": {}}
+    for n in names:
+        c = CONFIGS[n]
+        suffix = n[n.index("@"):] if "@" in n else ""
+        if c["engine"] != "folo":
+            continue
+        if not c["eager"] and not c.get("compile"):
+            eager = f"{c['backend']}-eager{suffix}"
+            if eager in names:
+                out["graphs_vs_eager"][n] = entry(n, eager)
+        base = f"sdpa-eager{suffix}"
+        if n != base and base in names:
+            out["vs_sdpa_eager"][n] = entry(n, base)
+        hf = f"transformers{suffix}"
+        if hf in names:
+            out["vs_transformers"][n] = entry(n, hf)
+    return out
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_term(signum, frame):
+    raise _Terminated(f"signal {signum}")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--smoke", action="store_true", help="tiny model and workload, any device")
-    ap.add_argument("--requests", type=int, default=256)
-    ap.add_argument("--hf-batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--backends", default="sdpa")
-    ap.add_argument("--no-hf", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", help="the JSON file to write (rewritten after every config)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    ap.add_argument("--tiny", action="store_true",
+                    help="tiny random Qwen3 and a few short requests (a CPU smoke test)")
+    ap.add_argument("--deadline-s", type=float, default=380.0,
+                    help="stop starting configs, and stop running ones, by this many seconds "
+                         "after the start (default 380)")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated names in run order (default: the mode's list; "
+                         f"known: {', '.join(CONFIGS)})")
+    ap.add_argument("--cap", action="append", default=[], metavar="NAME=SECONDS",
+                    help="change one config's cap (repeatable)")
+    ap.add_argument("--requests", type=int, default=None, help="full workload (256; tiny 6)")
+    ap.add_argument("--subset", type=int, default=None, help="subset workload (64; tiny 3)")
+    ap.add_argument("--small", type=int, default=None, help="small workload (16; tiny 3)")
+    ap.add_argument("--hf-batch", type=int, default=64, help="transformers static batch size")
+    ap.add_argument("--kv-gib", type=float, default=None,
+                    help="KV cache size for folo_edu, the same for every config (GPU "
+                         "default: 40 GiB, or half the GPU's memory if that is less)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-dir", default=None,
+                    help="build (or reuse) the random model here instead of a temp folder")
+    ap.add_argument("--build-model-only", action="store_true",
+                    help="only build the model in --model-dir, then exit")
+    ap.add_argument("--isolate", default="process", choices=["process", "none"],
+                    help="process: each config in its own Python process (default); "
+                         "none: all in this process")
+    ap.add_argument("--sources-hash", action="store_true",
+                    help="print the hash of the sources (source.sources_sha256) and exit: "
+                         "match a result from a machine without git history to a commit")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    spec, (lo, hi) = (SMOKE, (10, 40)) if args.smoke else (QWEN3_0_6B, (100, 1024))
-    n = 8 if args.smoke else args.requests
-    prompts, outs = workload(n, lo, hi, spec["vocab_size"], seed=0)
-    useful = sum(outs)
-    result = {"machine": {"device": torch.cuda.get_device_name() if device.type == "cuda"
-                          else platform.processor() or platform.machine(),
-                          "torch": torch.__version__, "python": sys.version.split()[0]},
-              "model": "Qwen3-0.6B config, random weights" if not args.smoke else "smoke",
-              "dtype": str(dtype), "requests": n, "len_range": [lo, hi],
-              "useful_output_tokens": useful, "folo_edu": {}, "note":
-              "eager PyTorch (no CUDA graphs yet: milestone M4); medians over repeats"}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = make_model(Path(tmp) / "model", spec, dtype)
-        for backend in args.backends.split(","):
-            times, stats = bench_folo(path, prompts, outs, device, "bfloat16" if
-                                      device.type == "cuda" else "float32", 2 * hi, backend,
-                                      args.repeats)
-            med = statistics.median(times)
-            result["folo_edu"][backend] = {"seconds": times, "output_tok_s": useful / med,
-                                           "stats": stats}
-            print(f"folo_edu[{backend}]: {useful / med:,.0f} output tok/s ({med:.1f} s)",
-                  flush=True)
-            Path(args.out).write_text(json.dumps(result, indent=2))  # keep partial results
-        import gc
+    if args.sources_hash:
+        print(source_info()["sources_sha256"])
+        return 0
+    try:  # first: it sets TRITON_INTERPRET=1 on a CPU before anything imports triton
+        import folo_edu.attention.triton_kernels  # noqa: F401
+    except ImportError:  # a checkout from before M4
+        pass
+    if args.child:
+        return child_main(args.child)
+    if args.build_model_only:
+        if not args.model_dir:
+            ap.error("--build-model-only needs --model-dir")
+        build_model(Path(args.model_dir), args.tiny)
+        return 0
+    if not args.out:
+        ap.error("--out is required")
 
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        if not args.no_hf:
-            times = bench_hf(path, prompts, outs, device, dtype, args.hf_batch, args.repeats)
-            med = statistics.median(times)
-            result["transformers_static"] = {"batch": args.hf_batch, "seconds": times,
-                                             "output_tok_s": useful / med}
-            print(f"transformers static batch {args.hf_batch}: {useful / med:,.0f} tok/s",
-                  flush=True)
-            for b, r in result["folo_edu"].items():
-                r["ratio_vs_transformers"] = r["output_tok_s"] / (useful / med)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    return 0
+    t_start = time.perf_counter()
+    from folo_edu.bench.machine import resolve_bench_device
+    from folo_edu.bench.metrics import timestamp
+
+    device = resolve_bench_device(args.device)
+    if device.type == "cpu" and not args.tiny:
+        ap.error("the Qwen3-0.6B shape on a CPU would take hours: use --tiny on a CPU")
+    tiny = args.tiny
+    args.requests = args.requests or (6 if tiny else 256)
+    args.subset = min(args.subset or (3 if tiny else 64), args.requests)
+    args.small = min(args.small or (3 if tiny else 16), args.requests)
+    names = (args.configs.split(",") if args.configs else (DEFAULT_TINY if tiny else DEFAULT_GPU))
+    names = [n.strip() for n in names if n.strip()]
+    caps = {}
+    for item in args.cap:
+        name, _, value = item.partition("=")
+        try:
+            caps[name] = float(value)
+        except ValueError:
+            ap.error(f"--cap {item!r}: expected NAME=SECONDS")
+    unknown = [n for n in [*names, *caps] if n not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
+    on_gpu = device.type == "cuda"
+    if args.kv_gib is not None:
+        kv_gib = args.kv_gib
+    elif tiny:
+        kv_gib = 1 / 64
+    else:  # 40 GiB (374k tokens: the 256 requests never preempt), or half a smaller GPU
+        kv_gib = min(40.0, 0.5 * torch.cuda.get_device_properties(0).total_memory / 2**30)
+    engine_settings = {
+        "dtype": "bfloat16" if on_gpu else "float32",
+        "max_model_len": 128 if tiny else 2048,
+        "max_num_seqs": args.requests if tiny else 256,
+        "max_num_batched_tokens": 512 if tiny else 16384,
+        "kv_cache_memory_bytes": int(kv_gib * 2**30),
+    }
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    result: dict = {
+        "benchmark": "scripts/gpu_bench.py: M4 matrix (attention backends, eager vs CUDA "
+                     "graphs, transformers) on nano-vllm's bench shape",
+        "created": timestamp(), "argv": sys.argv[1:] if argv is None else list(argv),
+        "mode": "tiny" if tiny else "qwen3-0.6b",
+        "machine": None, "source": source_info(),
+        "model": {"name": "tiny random Qwen3 (folo_edu.models.tiny)" if tiny
+                  else "Qwen3-0.6B config, random bf16 weights (nothing downloaded)",
+                  "spec": model_spec(tiny)},
+        "engine_settings": engine_settings,
+        "timing": {"timed_runs_per_config": 1,
+                   "note": "ONE timed run per config, not a median: the GPU lease is 15 "
+                           "minutes. Each config warms up on short requests first.",
+                   "measure": "output tokens / wall seconds from the first add_request (or "
+                              "generate call) to the last token, device synchronized",
+                   "peak_memory_note": "peak_gpu_mem_gib includes the KV cache, which "
+                                       "folo_edu preallocates at kv_cache_memory_bytes"},
+        "deadline_s": args.deadline_s, "isolation": args.isolate,
+        "workloads": None, "configs": [], "results": {}, "skipped": [], "ratios": {},
+        "reference_points": REFERENCE_POINTS, "elapsed_s": None, "finished": False,
+    }
+
+    def save():
+        result["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        result["ratios"] = ratios(result["results"], names)
+        tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        tmp.replace(out_path)
+
+    signal.signal(signal.SIGTERM, _on_term)
+    workdir = Path(tempfile.mkdtemp(prefix="folo_gpu_bench_"))
+    child = None
+    try:
+        result["machine"] = machine(device)
+        model_dir = Path(args.model_dir) if args.model_dir else workdir / "model"
+        build_model(model_dir, tiny)
+        wl = make_workloads(args)
+        result["workloads"] = wl["info"]
+        workload_path = workdir / "workload.json"
+        workload_path.write_text(json.dumps({"requests": wl["requests"]}))
+        save()
+        deadline = t_start + args.deadline_s
+        for name in names:
+            cfg = CONFIGS[name]
+            cap = caps.get(name, TINY_CAP_S if tiny else cfg["cap_s"])
+            result["configs"].append({"name": name, **cfg, "cap_s": cap})
+            left = deadline - time.perf_counter()
+            reason = precheck(cfg, device)
+            status = "unsupported" if reason else None
+            if not reason:
+                reason = blocked_by(name, cfg, result["results"], device)
+                status = "skipped" if reason else None
+            grace = GRACE_S if args.isolate == "process" else 0.0
+            if not reason and left - grace < (MIN_START_S if not tiny else 3.0):
+                status, reason = "skipped", (f"deadline: {left:.0f} s left of "
+                                             f"--deadline-s {args.deadline_s:.0f}")
+            if reason:
+                result["results"][name] = {"status": status, "reason": reason}
+                if status == "skipped":
+                    result["skipped"].append(name)
+                log(f"{name}: {status}: {reason}")
+                save()
+                continue
+            budget = min(cap, left - grace)
+            spec = {"config": cfg, "name": name, "model_path": str(model_dir),
+                    "workload_path": str(workload_path), "device": device.type,
+                    "tiny": tiny, "engine_settings": engine_settings,
+                    "hf_batch": args.hf_batch, "budget_s": budget,
+                    "result_path": str(workdir / f"result_{len(result['configs'])}.json")}
+            log(f"{name}: start (budget {budget:.0f} s, {left:.0f} s left)")
+            spec["hard_end_at"] = time.time() + budget + grace
+            if args.isolate == "none":
+                res = run_config(spec)
+                gc.collect()
+                if on_gpu:
+                    torch.cuda.empty_cache()
+            else:
+                spec_path = workdir / f"spec_{len(result['configs'])}.json"
+                spec_path.write_text(json.dumps(spec))
+                t = time.perf_counter()
+                # Its own process group (not session): killable as a group, and ended
+                # with everything else if this process dies.
+                group = ({"process_group": 0} if sys.version_info >= (3, 11)
+                         else {"preexec_fn": os.setpgrp})
+                child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                                          "--child", str(spec_path)], **group)
+                try:
+                    child.wait(timeout=budget + grace + 5)
+                    rp = Path(spec["result_path"])
+                    res = (json.loads(rp.read_text()) if rp.is_file() else
+                           {"status": "error", "error": f"the child process exited with code "
+                            f"{child.returncode} and wrote no result (a crash?)"})
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+                    res = {"status": "killed", "error": f"still running {budget + grace + 5:.0f} s "
+                           "after its start (a hang, or one engine step longer than the rest "
+                           "of its budget); killed", "process_s": time.perf_counter() - t}
+                child = None
+            result["results"][name] = res
+            tok_s = res.get("output_tok_s")
+            log(f"{name}: {res['status']}"
+                + (f", {tok_s:,.1f} output tok/s ({res['output_tokens']} tokens in "
+                   f"{res['wall_s']:.1f} s; init {res.get('init_s', 0):.1f} s, warm-up "
+                   f"{res.get('warmup_s', 0):.1f} s)" if tok_s else "")
+                + (f"; graphs: {res['cuda_graph_status']}" if res.get("cuda_graph_status")
+                   else "")
+                + (f"; {res.get('error') or res.get('reason')}"
+                   if res["status"] != "ok" else ""))
+            save()
+        result["finished"] = True
+    except (_Terminated, KeyboardInterrupt) as e:
+        result["interrupted"] = str(e) or type(e).__name__
+        log(f"interrupted ({result['interrupted']}): writing what there is")
+    finally:
+        if child is not None and child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        save()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_table(result)
+    bad = [n for n, r in result["results"].items() if r["status"] in ("error", "killed")]
+    return 1 if bad or not result["finished"] else 0
+
+
+def print_table(result: dict) -> None:
+    from folo_edu.bench.metrics import table
+
+    rows = []
+    for c in result["configs"]:
+        r = result["results"].get(c["name"], {})
+        rows.append([c["name"], r.get("status"), r.get("output_tok_s"), r.get("wall_s"),
+                     r.get("requests"), r.get("peak_gpu_mem_gib"),
+                     (r.get("cuda_graph_status") or r.get("reason") or r.get("error")
+                      or "")[:60]])
+    print(table(["config", "status", "tok/s", "wall s", "reqs", "peak GiB", "graphs / note"],
+                rows), flush=True)
+    for group, entries in result["ratios"].items():
+        for name, e in entries.items():
+            prefix = (f" (on the same first {e['prefix_output_tokens']} output tokens: "
+                      f"{e['prefix_value']})" if "prefix_value" in e else "")
+            print(f"  {group}: {name} / {e['of'][1]}: {e['value']}{prefix}", flush=True)
+    print(f"[gpu_bench] wrote {result.get('elapsed_s')} s of results; skipped: "
+          f"{', '.join(result['skipped']) or 'none'}", flush=True)
 
 
 if __name__ == "__main__":
