@@ -312,8 +312,8 @@ def count_decode_ops(model, batch: int, context_len: int, block_size: int = 16) 
     ids, positions, meta = decode_inputs(model, batch, context_len, block_size)
     counter = OpCounter()
     backend = model.layers[0].self_attn.backend
-    real = getattr(backend, "kernels", None)
-    if backend.name == "triton":
+    swap = backend.name == "triton"
+    if swap:
         class FakeKernels:  # one recorded launch per call, nothing run
             @staticmethod
             def store_kv(*args):
@@ -324,12 +324,12 @@ def count_decode_ops(model, batch: int, context_len: int, block_size: int = 16) 
                 counter.launch("triton:paged_decode_attention")
                 return torch.empty_like(q)
 
-        backend.kernels = FakeKernels
+        real, backend.kernels = backend.kernels, FakeKernels
     try:
         with counter:
             model(ids, positions, meta)
     finally:
-        if real is not None:
+        if swap:
             backend.kernels = real
     return {"kernels": sum(counter.kernels.values()), "syncs": counter.syncs,
             "by_op": counter.kernels}
