@@ -24,10 +24,11 @@ TILE = 128  # key positions scored per iteration; independent of the cache block
 
 
 def paged_decode_torch(q, k_cache, v_cache, block_tables, seq_lens, scale: float,
-                       tile: int = TILE) -> torch.Tensor:
+                       tile: int = TILE, max_len: int | None = None) -> torch.Tensor:
     """q [B, H, D], caches [N, bs, KVH, D], block_tables [B, W], seq_lens [B] -> [B, H, D].
 
-    A row with seq_len 0 (padding) gets zeros.
+    A row with seq_len 0 (padding) gets zeros. max_len (the longest seq_len) sets the
+    number of tiles; pass it when the host knows it, to save reading it off the device.
     """
     B, H, D = q.shape
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
@@ -40,7 +41,9 @@ def paged_decode_torch(q, k_cache, v_cache, block_tables, seq_lens, scale: float
     acc = torch.zeros(B, kv_heads, group, D, dtype=acc_dtype, device=q.device)
     seq_lens = seq_lens.to(torch.long)
     last_block = block_tables.shape[1] - 1
-    for t0 in range(0, int(seq_lens.max()) if B else 0, tile):
+    if max_len is None:
+        max_len = int(seq_lens.max()) if B else 0
+    for t0 in range(0, max_len, tile):
         pos = torch.arange(t0, t0 + tile, device=q.device)                   # [N]
         valid = pos[None, :] < seq_lens[:, None]                             # [B, N]
         col = (pos // block_size).clamp(max=last_block).expand(B, -1)
@@ -69,6 +72,7 @@ class PagedTorchBackend(AttentionBackend):
         nd = meta.num_decodes
         if nd:
             out[:nd] = paged_decode_torch(q[:nd], k_cache, v_cache, meta.block_tables[:nd],
-                                          meta.seq_lens_tensor[:nd], scale)
+                                          meta.seq_lens_tensor[:nd], scale,
+                                          max_len=max(meta.seq_lens[:nd]))
         sdpa_prefills(out, q, k_cache, v_cache, meta, scale, k, v)
         return out

@@ -97,6 +97,20 @@ def test_flex_backend_decode_matches_naive(block_size, seq_lens):
                                rtol=0, atol=1e-12)
 
 
+def test_compiled_flex_pads_the_batch_to_a_power_of_two():
+    """Compiled (one static shape per power of two): 3 decode rows run as 4."""
+    from folo_edu.attention import AttentionMetadata
+
+    q, kc, vc, tables, lens = paged_case([5, 33, 17], 16, dtype=torch.float32)
+    meta = AttentionMetadata.build([1] * 3, [5, 33, 17], torch.zeros(3, dtype=torch.long),
+                                   tables, 16)
+    backend = get_backend("flex", "cpu", compile=True)
+    out = backend.forward(q, kc, vc, meta, 0.4, None, None)
+    assert meta.per_step["flex_block_mask"].shape[0] == 4
+    ref = reference_decode(q.double(), kc.double(), vc.double(), tables, lens, 0.4)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
+
+
 def test_registry_names_match_the_config_choices():
     assert set(ATTENTION_BACKENDS) == {"auto", *BACKENDS}
     for name in ("naive", "sdpa", "paged-torch"):
