@@ -30,6 +30,15 @@ def graph_batch_sizes(max_batch: int) -> list[int]:
     return sizes + [max_batch]
 
 
+def bucket_of(n: int, sizes) -> int:
+    """The smallest batch size in ``sizes`` that holds n rows."""
+    for size in sorted(sizes):
+        if size >= n:
+            return size
+    raise ValueError(f"decode batch of {n}: expected <= {max(sizes)} "
+                     "(the largest bucket, the largest captured batch size)")
+
+
 class DecodeGraphRunner:
     """Runs decode-only steps of `model` through captured graphs (or eagerly, capture=False)."""
 
@@ -50,11 +59,7 @@ class DecodeGraphRunner:
 
     def bucket(self, n: int) -> int:
         """The smallest captured batch size that holds n rows."""
-        for size in self.batch_sizes:
-            if size >= n:
-                return size
-        raise ValueError(f"decode batch of {n}: expected <= {self.batch_sizes[-1]} "
-                         "(the largest captured batch size)")
+        return bucket_of(n, self.batch_sizes)
 
     def _meta(self, b: int) -> AttentionMetadata:
         # Built from the static buffers. The Python lists are placeholders: a

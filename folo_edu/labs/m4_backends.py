@@ -3,9 +3,9 @@
 The exercises: which CUDA-graph bucket a decode batch runs in and how many padding rows
 it gets; one online-softmax merge step of PagedAttention; and how much faster a
 launch-bound decode step gets when a CUDA graph replays it. The references are
-folo_edu.viz.backends.bucket_of and online_softmax_merge, and the step-time model of
-viz.backends.model_step_time (step = launches x launch cost + work). bucket_of is checked
-against DecodeGraphRunner.bucket in tests/unit/test_06_labs_and_viz.py.
+folo_edu.engine.cuda_graphs.bucket_of (what DecodeGraphRunner.bucket runs),
+viz.backends.online_softmax_merge, and the step-time model of
+viz.backends.model_step_time (step = launches x launch cost + work).
 """
 from __future__ import annotations
 

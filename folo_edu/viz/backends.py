@@ -36,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 # TRITON_INTERPRET=1, which must happen before triton's first import.
 from folo_edu.attention import triton_kernels  # noqa: F401
 from folo_edu.attention import AttentionMetadata, get_backend
-from folo_edu.engine.cuda_graphs import graph_batch_sizes
+from folo_edu.engine.cuda_graphs import bucket_of, graph_batch_sizes
 from folo_edu.viz.forward import synchronize
 
 GPU_RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gpu"
@@ -402,14 +402,6 @@ def plot_step_time_model(result: dict, ax=None, title: str | None = None):
 
 
 # ---- CUDA-graph buckets and one online-softmax step -----------------------------------------
-def bucket_of(n: int, sizes) -> int:
-    """The smallest batch size in ``sizes`` that holds ``n`` rows (DecodeGraphRunner.bucket)."""
-    for size in sorted(sizes):
-        if size >= n:
-            return size
-    raise ValueError(f"batch of {n}: expected <= {max(sizes)}, the largest bucket")
-
-
 def padding_rows(n: int, sizes) -> int:
     """The rows a batch of ``n`` is padded with to fill its bucket."""
     return bucket_of(n, sizes) - n

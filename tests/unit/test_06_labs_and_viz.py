@@ -101,7 +101,7 @@ def test_count_decode_ops_per_backend(decoder):
     for name in ("naive", "sdpa", "paged-torch"):
         vb.set_backend(decoder, name)
         counts[name] = {b: vb.count_decode_ops(decoder, b, context_len=40) for b in (1, 4)}
-    assert counts["paged-torch"][4]["syncs"] == layers  # int(seq_lens.max()) per layer
+    assert counts["paged-torch"][4]["syncs"] == 0  # its tile count comes from the host
     assert counts["naive"][4]["kernels"] > counts["naive"][1]["kernels"]  # one loop per seq
     assert min(c[4]["kernels"] for c in counts.values()) > 10 * layers
 
@@ -127,12 +127,14 @@ def test_time_decode_forward(decoder):
 
 # ---- arithmetic --------------------------------------------------------------------------
 @pytest.mark.parametrize("max_batch", [1, 8, 20, 64])
-def test_bucket_of_is_the_runners_bucket(max_batch):
+def test_bucket_and_padding_rows(max_batch):
     runner = DecodeGraphRunner(None, max_batch, 1, 16, 8, torch.float32, "cpu", capture=False)
     sizes = graph_batch_sizes(max_batch)
     for n in range(1, max_batch + 1):
-        assert vb.bucket_of(n, sizes) == runner.bucket(n)
-        assert vb.padding_rows(n, sizes) == runner.bucket(n) - n >= 0
+        bucket = runner.bucket(n)
+        assert bucket in sizes and bucket >= n
+        assert all(s < n for s in sizes if s < bucket)  # the smallest that fits
+        assert vb.padding_rows(n, sizes) == bucket - n >= 0
     with pytest.raises(ValueError, match="largest bucket"):
         vb.bucket_of(max_batch + 1, sizes)
 
