@@ -42,6 +42,9 @@ def bucket_of(n: int, sizes) -> int:
 class DecodeGraphRunner:
     """Runs decode-only steps of `model` through captured graphs (or eagerly, capture=False)."""
 
+    # Inference mode throughout: a capture must not record autograd bookkeeping, and the
+    # static buffers are then inference tensors, which only inference mode may write.
+    @torch.inference_mode()
     def __init__(self, model, max_batch: int, max_blocks_per_seq: int, block_size: int,
                  hidden_size: int, dtype, device, capture: bool = True):
         self.model, self.block_size, self.capture = model, block_size, capture
@@ -85,6 +88,7 @@ class DecodeGraphRunner:
             self.graphs[b] = graph
         torch.cuda.synchronize()
 
+    @torch.inference_mode()
     def run(self, input_ids, positions, slot_mapping, block_tables, seq_lens) -> torch.Tensor:
         """One decode step for n sequences -> hidden states [n, hidden] (a view: copy to keep)."""
         n, width = block_tables.shape
