@@ -6,40 +6,11 @@ import torch
 
 from folo_edu.attention import (BACKENDS, available_backends, get_backend,
                                 resolve_backend_name, unavailable_reason)
-from folo_edu.attention.common import gather_kv
 from folo_edu.attention.flex import decode_block_mask
-from folo_edu.attention.naive import naive_attention
 from folo_edu.attention.paged_torch import paged_decode_torch
 from folo_edu.config import ATTENTION_BACKENDS
 from folo_edu.engine.cuda_graphs import DecodeGraphRunner, graph_batch_sizes
-
-
-def paged_case(seq_lens, block_size, heads=4, kv_heads=2, head_dim=8, num_blocks=None,
-               dtype=torch.float64, seed=0):
-    """Random caches and shuffled block tables for decodes of the given lengths."""
-    g = torch.Generator().manual_seed(seed)
-    need = [-(-n // block_size) for n in seq_lens]
-    num_blocks = num_blocks or sum(need) + 3
-    k_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g, dtype=dtype)
-    v_cache = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=g, dtype=dtype)
-    free = torch.randperm(num_blocks, generator=g).tolist()
-    width = max(max(need), 1)
-    tables = []
-    for n in need:
-        row = [free.pop() for _ in range(n)]
-        tables.append(row + [0] * (width - n))
-    q = torch.randn(len(seq_lens), heads, head_dim, generator=g, dtype=dtype)
-    return q, k_cache, v_cache, torch.tensor(tables), torch.tensor(seq_lens, dtype=torch.int32)
-
-
-def reference_decode(q, k_cache, v_cache, tables, seq_lens, scale):
-    out = torch.zeros_like(q)
-    for b, n in enumerate(seq_lens.tolist()):
-        if n:
-            keys, values = gather_kv(k_cache, tables[b], n), gather_kv(v_cache, tables[b], n)
-            mask = torch.ones(1, n, dtype=torch.bool)
-            out[b] = naive_attention(q[b:b + 1], keys, values, mask, scale)[0]
-    return out
+from paged_cases import paged_case, reference_attention
 
 
 @pytest.mark.parametrize("block_size, seq_lens, tile", [
@@ -48,52 +19,52 @@ def reference_decode(q, k_cache, v_cache, tables, seq_lens, scale):
     (4, [30, 3, 12], 8),            # a tile spans several blocks
     (300, [299, 7, 150], 128),      # a block (the contiguous cache) spans several tiles
 ])
-def test_paged_decode_torch_matches_naive(block_size, seq_lens, tile):
-    q, kc, vc, tables, lens = paged_case(seq_lens, block_size)
+def test_paged_decode_torch_matches_the_reference(block_size, seq_lens, tile):
+    q, kc, vc, tables, lens = paged_case(block_size, 8, 4, 2, seq_lens)
     ours = paged_decode_torch(q, kc, vc, tables, lens, 0.3, tile=tile)
-    torch.testing.assert_close(ours, reference_decode(q, kc, vc, tables, lens, 0.3),
+    torch.testing.assert_close(ours, reference_attention(q, kc, vc, tables, lens, 0.3),
                                rtol=0, atol=1e-12)
 
 
 def test_paged_decode_torch_padding_row_is_zero_and_others_unchanged():
-    q, kc, vc, tables, lens = paged_case([9, 20], 4)
-    padded_lens = torch.tensor([9, 0, 20], dtype=torch.int32)
-    padded_q = torch.stack([q[0], torch.randn_like(q[0]), q[1]])
-    padded_tables = torch.stack([tables[0], torch.zeros_like(tables[0]), tables[1]])
-    out = paged_decode_torch(padded_q, kc, vc, padded_tables, padded_lens, 0.5)
+    q, kc, vc, tables, lens = paged_case(4, 8, 4, 2, [9, 0, 20])
+    out = paged_decode_torch(q, kc, vc, tables, lens, 0.5)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
-    torch.testing.assert_close(out[[0, 2]], paged_decode_torch(q, kc, vc, tables, lens, 0.5),
-                               rtol=0, atol=1e-12)
+    real = [0, 2]
+    torch.testing.assert_close(
+        out[real], paged_decode_torch(q[real], kc, vc, tables[real], lens[real], 0.5),
+        rtol=0, atol=1e-12)
 
 
 def test_paged_decode_torch_half_precision_accumulates_in_float32():
-    q, kc, vc, tables, lens = paged_case([50, 3], 16, dtype=torch.float64)
-    ref = reference_decode(q, kc, vc, tables, lens, 0.2)
+    q, kc, vc, tables, lens = paged_case(16, 8, 4, 2, [50, 3])
+    ref = reference_attention(q, kc, vc, tables, lens, 0.2)
     half = paged_decode_torch(q.bfloat16(), kc.bfloat16(), vc.bfloat16(), tables, lens, 0.2)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.double(), ref, rtol=0, atol=3e-2)
 
 
 def test_flex_block_mask_lists_only_each_rows_blocks():
-    q, kc, vc, tables, lens = paged_case([5, 33, 17], 16, num_blocks=12)
-    mask = decode_block_mask(tables, lens, num_blocks=12, block_size=16)
+    q, kc, vc, tables, lens = paged_case(16, 8, 4, 2, [5, 33, 17])
+    num_blocks = kc.shape[0]                          # 3 more than the rows own
+    mask = decode_block_mask(tables, lens, num_blocks=num_blocks, block_size=16)
     dense = mask.to_dense()[:, 0, 0]                  # [B, num_blocks] visited blocks
     for b, n in enumerate(lens.tolist()):
-        expected = torch.zeros(12, dtype=dense.dtype)
+        expected = torch.zeros(num_blocks, dtype=dense.dtype)
         expected[tables[b, :-(-n // 16)]] = 1
         assert torch.equal(dense[b], expected), b
 
 
 @pytest.mark.parametrize("block_size, seq_lens", [(16, [5, 33, 17]), (4, [1, 13, 8, 2])])
-def test_flex_backend_decode_matches_naive(block_size, seq_lens):
+def test_flex_backend_decode_matches_the_reference(block_size, seq_lens):
     from folo_edu.attention import AttentionMetadata
 
-    q, kc, vc, tables, lens = paged_case(seq_lens, block_size)
+    q, kc, vc, tables, lens = paged_case(block_size, 8, 4, 2, seq_lens)
     n = len(seq_lens)
     meta = AttentionMetadata.build([1] * n, seq_lens, torch.zeros(n, dtype=torch.long),
                                    tables, block_size)
     out = get_backend("flex").forward(q, kc, vc, meta, 0.4, None, None)
-    torch.testing.assert_close(out, reference_decode(q, kc, vc, tables, lens, 0.4),
+    torch.testing.assert_close(out, reference_attention(q, kc, vc, tables, lens, 0.4),
                                rtol=0, atol=1e-12)
 
 
@@ -101,13 +72,13 @@ def test_compiled_flex_pads_the_batch_to_a_power_of_two():
     """Compiled (one static shape per power of two): 3 decode rows run as 4."""
     from folo_edu.attention import AttentionMetadata
 
-    q, kc, vc, tables, lens = paged_case([5, 33, 17], 16, dtype=torch.float32)
+    q, kc, vc, tables, lens = paged_case(16, 8, 4, 2, [5, 33, 17], dtype=torch.float32)
     meta = AttentionMetadata.build([1] * 3, [5, 33, 17], torch.zeros(3, dtype=torch.long),
                                    tables, 16)
     backend = get_backend("flex", "cpu", compile=True)
     out = backend.forward(q, kc, vc, meta, 0.4, None, None)
     assert meta.per_step["flex_block_mask"].shape[0] == 4
-    ref = reference_decode(q.double(), kc.double(), vc.double(), tables, lens, 0.4)
+    ref = reference_attention(q, kc, vc, tables, lens, 0.4)
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
 
 

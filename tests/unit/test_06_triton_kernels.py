@@ -13,9 +13,10 @@ import sys
 import pytest
 import torch
 
-# Imported before anything else imports triton: the module sets TRITON_INTERPRET=1 on
-# machines without CUDA, which must happen before triton's first import.
+# On a machine without CUDA, `import folo_edu` (in conftest) has set TRITON_INTERPRET=1
+# before anything imported triton, so these kernels run in Triton's interpreter.
 from folo_edu.attention import triton_kernels as tk
+from paged_cases import paged_case, reference_attention  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not tk.TRITON_AVAILABLE, reason=f"Triton kernels unavailable: {tk.TRITON_UNAVAILABLE_REASON}")
@@ -89,44 +90,6 @@ def test_store_kv(layout, dtype, device):
 
 
 # ---- paged_decode_attention --------------------------------------------------------------
-def reference_attention(q, k_cache, v_cache, block_tables, seq_lens, scale):
-    """Plain torch, float64, one sequence at a time: gather its keys, softmax(q k^T) v."""
-    B, H, D = q.shape
-    block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
-    out = torch.zeros(B, H, D, dtype=torch.float64)
-    for b, n in enumerate(seq_lens.tolist()):
-        if n == 0:
-            continue  # padding row: zeros
-        blocks = block_tables[b, :-(-n // block_size)].cpu()
-        # [n, KVH, D] -> [n, H, D]: query head h reads KV head h // group
-        k, v = (c.cpu()[blocks].flatten(0, 1)[:n].double().repeat_interleave(H // kv_heads, 1)
-                for c in (k_cache, v_cache))
-        scores = torch.einsum("hd,nhd->hn", q[b].cpu().double(), k) * scale
-        out[b] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v)
-    return out
-
-
-def _paged_case(block_size, head_dim, num_heads, kv_heads, seq_lens, dtype, device, seed=0):
-    """Random q (a strided view) and caches; each sequence's blocks scattered at random."""
-    g = torch.Generator().manual_seed(seed)
-    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
-    num_blocks = sum(blocks_per_seq) + 3  # a few blocks nobody owns
-    width = max(blocks_per_seq)
-    physical = torch.randperm(num_blocks, generator=g).tolist()  # shuffled, not contiguous
-    block_tables = torch.zeros(len(seq_lens), width, dtype=torch.int32)  # padded with 0
-    for b, nb in enumerate(blocks_per_seq):
-        block_tables[b, :nb] = torch.tensor([physical.pop() for _ in range(nb)])
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).to(device)
-
-    k_cache = rand(num_blocks, block_size, kv_heads, head_dim)
-    v_cache = rand(num_blocks, block_size, kv_heads, head_dim)
-    q = rand(len(seq_lens), num_heads + 2, head_dim)[:, 1:-1]  # a non-contiguous view
-    return (q, k_cache, v_cache, block_tables.to(device),
-            torch.tensor(seq_lens, dtype=torch.int32, device=device))
-
-
 # seq_lens: 1 key, a padding row (0), one around the tile size (32), long ones that span
 # many blocks, and a sequence shorter than one block when block_size is 256
 SEQ_LENS = [1, 0, 33, 100, 17]
@@ -141,7 +104,7 @@ ATOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_paged_decode_attention(block_size, head_dim, num_heads, kv_heads, dtype, device):
-    q, k_cache, v_cache, block_tables, seq_lens = _paged_case(
+    q, k_cache, v_cache, block_tables, seq_lens = paged_case(
         block_size, head_dim, num_heads, kv_heads, SEQ_LENS, dtype, device)
     scale = 1 / math.sqrt(head_dim)
     out = tk.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale)
@@ -156,7 +119,7 @@ def test_paged_decode_attention(block_size, head_dim, num_heads, kv_heads, dtype
                          ids=["f16", "bf16"])
 def test_paged_decode_attention_half_precision(dtype, atol, device):
     # float32 accumulation inside: the error is about one rounding of the output
-    q, k_cache, v_cache, block_tables, seq_lens = _paged_case(
+    q, k_cache, v_cache, block_tables, seq_lens = paged_case(
         16, 24, 4, 2, [40, 3], dtype, device)
     out = tk.paged_decode_attention(q, k_cache, v_cache, block_tables, seq_lens, 0.2)
     assert out.dtype == dtype
@@ -167,7 +130,7 @@ def test_paged_decode_attention_half_precision(dtype, atol, device):
 def test_store_then_attend(device):
     # the two kernels together, as a decode step uses them: store this step's K/V, then
     # attend over the cache with the new token included
-    q, k_cache, v_cache, block_tables, seq_lens = _paged_case(
+    q, k_cache, v_cache, block_tables, seq_lens = paged_case(
         4, 16, 4, 2, [5, 9], torch.float32, device)
     k_new = torch.randn(2, 2, 16, device=device)
     v_new = torch.randn(2, 2, 16, device=device)
@@ -183,7 +146,7 @@ def test_store_then_attend(device):
 
 # ---- bad input -----------------------------------------------------------------------------
 def _bad_attention_calls(device):
-    q, k_cache, v_cache, bt, sl = _paged_case(4, 16, 4, 2, [3, 5], torch.float32, device)
+    q, k_cache, v_cache, bt, sl = paged_case(4, 16, 4, 2, [3, 5], torch.float32, device)
     strided_cache = torch.randn(k_cache.shape[0], 2, 4, 16, device=device).transpose(1, 2)
     return [
         ((q[0], k_cache, v_cache, bt, sl), "q must be 3-D"),
