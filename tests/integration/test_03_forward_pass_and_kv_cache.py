@@ -85,10 +85,8 @@ def _forward_logits(model, ids, block_size=8, num_blocks=16):
     return torch.cat(logits)
 
 
-@pytest.mark.parametrize("backend", ["naive", "sdpa"])
-@pytest.mark.parametrize("name", NAMES)
-def test_logits_match_transformers(tiny_model_dir, name, backend):
-    path = tiny_model_dir(name)
+def assert_logits_match_transformers(path, backend: str) -> None:
+    """Our float64 model with `backend` on the prefill and decode paths, against transformers."""
     model = load_model(path, load_hf_config(path), get_backend(backend), torch.float64,
                        torch.device("cpu"))
     ids = _prompts(1, seed=7)[0] + _prompts(1, seed=8)[0] + [5, 6, 7, 8, 9]
@@ -97,6 +95,12 @@ def test_logits_match_transformers(tiny_model_dir, name, backend):
         ref = _hf(path)(torch.tensor([ids])).logits[0]
     assert ours.shape == ref.shape
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_match_transformers(tiny_model_dir, name, backend):
+    assert_logits_match_transformers(tiny_model_dir(name), backend)
 
 
 def test_backends_agree_on_mixed_batches(tiny_model_dir):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_03_forward_pass_and_kv_cache import _forward_logits, _hf, _prompts, hf_greedy
+from test_03_forward_pass_and_kv_cache import (_hf, _prompts, assert_logits_match_transformers,
+                                               hf_greedy)
 
 from folo_edu import LLM, SamplingParams
-from folo_edu.attention import available_backends, get_backend, unavailable_reason
+from folo_edu.attention import available_backends, unavailable_reason
 from folo_edu.engine.cuda_graphs import DecodeGraphRunner
-from folo_edu.models.loader import load_hf_config
-from folo_edu.models.weights import load_model
 
 # The Triton interpreter runs each kernel program in Python: keep its workloads small.
 FAST = [b for b in ("paged-torch", "flex") if b in available_backends()]
@@ -55,14 +54,7 @@ def test_triton_greedy_tokens_equal_transformers(tiny_model_dir):
 
 @pytest.mark.parametrize("backend", [*FAST, pytest.param("triton", marks=TRITON)])
 def test_logits_match_transformers(tiny_model_dir, backend):
-    path = tiny_model_dir("llama-gqa2-tied")
-    model = load_model(path, load_hf_config(path), get_backend(backend), torch.float64,
-                       torch.device("cpu"))
-    ids = _prompts(1, seed=7)[0] + _prompts(1, seed=8)[0] + [5, 6, 7, 8, 9]
-    with torch.no_grad():
-        ours = _forward_logits(model, ids)
-        ref = _hf(path)(torch.tensor([ids])).logits[0]
-    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-9)
+    assert_logits_match_transformers(tiny_model_dir("llama-gqa2-tied"), backend)
 
 
 @pytest.mark.parametrize("backend", [*FAST, "sdpa", pytest.param("triton", marks=TRITON)])
