@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from folo_edu.labs import not_answered, report_pass, require_number
+from folo_edu.labs import hint, not_answered, report_pass, require_number
 from folo_edu.viz.batching import continuous_batching_steps, static_batching_steps
 
 # The exercise's requests: output lengths of r0..r5, served with 3 seats.
@@ -47,9 +47,8 @@ def check_static_steps(answer, output_lens=EXERCISE_OUTPUT_LENS,
         (expected + len(batches), "one step per batch too many: the prefill step already "
                                   "yields each request's first token"),
     ]
-    hint = "; or ".join(t for v, t in hints if v == answer) or (
-        "add up, batch by batch, the longest output in each batch")
-    raise AssertionError(f"{what}: {answer!r} is not right; {hint}")
+    raise AssertionError(f"{what}: {answer!r} is not right; " + hint(
+        answer, hints, "add up, batch by batch, the longest output in each batch"))
 
 
 def check_continuous_steps(answer, output_lens=EXERCISE_OUTPUT_LENS,
@@ -75,7 +74,7 @@ def check_continuous_steps(answer, output_lens=EXERCISE_OUTPUT_LENS,
     hints += [(expected + len(output_lens), "a newcomer's prefill is not a step of its own: it "
                                             "runs in the same step as the others' decodes, "
                                             "and yields its first token")]
-    hint = "; or ".join(t for v, t in hints if v == answer) or (
+    raise AssertionError(f"{what}: {answer!r} is not right; " + hint(
+        answer, hints,
         "play it step by step: each step every running request gains one token; one that "
-        "reaches its length leaves, and the first waiting request takes its seat next step")
-    raise AssertionError(f"{what}: {answer!r} is not right; {hint}")
+        "reaches its length leaves, and the first waiting request takes its seat next step"))

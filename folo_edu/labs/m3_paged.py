@@ -7,7 +7,7 @@ against KVCacheManager.slot_mapping in tests/unit/test_05_labs_and_viz.py.
 """
 from __future__ import annotations
 
-from folo_edu.labs import not_answered, report_pass, require_number
+from folo_edu.labs import hint, not_answered, report_pass, require_number
 from folo_edu.viz.paged import blocks_needed, slot_of
 
 # Exercise 1: a request with a 37-token prompt that has generated 20 tokens, blocks of 16.
@@ -20,10 +20,6 @@ EXERCISE_POSITION = 19
 # Exercise 3: a pool of 64 blocks of 16 tokens; every request will reach 100 tokens.
 EXERCISE_POOL_BLOCKS = 64
 EXERCISE_TOKENS_PER_REQUEST = 100
-
-
-def _hint(answer, hints, default) -> str:
-    return "; or ".join(text for value, text in hints if value == answer) or default
 
 
 def check_blocks_needed(answer, num_tokens: int = EXERCISE_NUM_TOKENS,
@@ -45,7 +41,7 @@ def check_blocks_needed(answer, num_tokens: int = EXERCISE_NUM_TOKENS,
                        "but it need not be full"),
         (num_tokens, "that is tokens, not blocks"),
     ]
-    raise AssertionError(f"{what}: {answer!r} is not right; " + _hint(
+    raise AssertionError(f"{what}: {answer!r} is not right; " + hint(
         answer, hints, "divide the tokens by the block size and round up"))
 
 
@@ -77,7 +73,7 @@ def check_slot(answer, block_table=EXERCISE_BLOCK_TABLE,
     if j + 1 < len(table):
         hints.append((table[j + 1] * block_size + off, "off by one block: logical block "
                                                        "numbers start at 0"))
-    raise AssertionError(f"{what}: {answer!r} is not right; " + _hint(
+    raise AssertionError(f"{what}: {answer!r} is not right; " + hint(
         answer, hints, "slot = block_table[position // block_size] * block_size "
                        "+ position % block_size"))
 
@@ -104,6 +100,6 @@ def check_requests_that_fit(answer, pool_blocks: int = EXERCISE_POOL_BLOCKS,
          "rounded the blocks per request down: round them up"),
         (pool_blocks / per, "a request cannot run with part of its blocks: round down"),
     ]
-    raise AssertionError(f"{what}: {answer!r} is not right; " + _hint(
+    raise AssertionError(f"{what}: {answer!r} is not right; " + hint(
         answer, hints, "blocks per request = ceil(tokens / block size); then divide the "
                        "pool by it and round down"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from folo_edu.engine.cuda_graphs import graph_batch_sizes
-from folo_edu.labs import not_answered, report_pass, require_number
+from folo_edu.labs import hint, not_answered, report_pass, require_number
 from folo_edu.viz.backends import bucket_of, online_softmax_merge
 
 # Exercise 1: 37 requests decode in an engine with max_num_seqs = 64.
@@ -25,13 +25,6 @@ EXERCISE_SCORES = (1.0, 4.0, 3.0)
 EXERCISE_KERNELS = 600
 EXERCISE_LAUNCH_US = 8.0
 EXERCISE_WORK_MS = 1.2
-
-
-def _hint(answer, hints, default, tol: float = 0.0) -> str:
-    def near(a, b):
-        return a == b or (tol and isinstance(a, (int, float)) and math.isclose(a, b, rel_tol=tol))
-
-    return "; or ".join(text for value, text in hints if near(answer, value)) or default
 
 
 def check_bucket(answer, batch: int = EXERCISE_BATCH, max_batch: int = EXERCISE_MAX_BATCH) -> bool:
@@ -56,7 +49,7 @@ def check_bucket(answer, batch: int = EXERCISE_BATCH, max_batch: int = EXERCISE_
                                                         "to 16, then multiples of 16"))
     if smaller:
         hints.append((smaller[-1], "that bucket is too small: the batch must fit in it"))
-    raise AssertionError(f"{what}: {answer!r} is not right; " + _hint(
+    raise AssertionError(f"{what}: {answer!r} is not right; " + hint(
         answer, hints, "take the smallest captured batch size that is >= the batch"))
 
 
@@ -83,7 +76,7 @@ def check_padding_rows(answer, batch: int = EXERCISE_BATCH,
     if smaller:
         hints.append((batch - smaller[-1], "that is how far the batch is above the bucket "
                                            "below it; pad up to the next one"))
-    raise AssertionError(f"{what}: {answer!r} is not right; " + _hint(
+    raise AssertionError(f"{what}: {answer!r} is not right; " + hint(
         answer, hints, "padding rows = (smallest bucket >= batch) - batch"))
 
 
@@ -100,7 +93,7 @@ def check_online_softmax(new_max, new_sum, m: float = EXERCISE_MAX, l: float = E
     if not math.isclose(new_max, m_new, rel_tol=1e-6, abs_tol=1e-9):
         hints = [(m, "the tile has a larger score: the new max is the larger of the two"),
                  (sum(scores), "the max of the scores, not their sum")]
-        raise AssertionError(f"{what}: max {new_max!r} is not right; " + _hint(
+        raise AssertionError(f"{what}: max {new_max!r} is not right; " + hint(
             new_max, hints, "new max = max(running max, largest score of the tile)"))
     if math.isclose(new_sum, l_new, rel_tol=1e-3):
         return report_pass(f"{what}: max {m_new:g}, sum {l} x exp({m:g} - {m_new:g}) + "
@@ -119,7 +112,7 @@ def check_online_softmax(new_max, new_sum, m: float = EXERCISE_MAX, l: float = E
         (raw, "subtract the max inside every exp(); that is what keeps it from overflowing"),
         (tile_only, "that is the tile alone: add the rescaled running sum"),
     ]
-    raise AssertionError(f"{what}: sum {new_sum!r} is not right; " + _hint(
+    raise AssertionError(f"{what}: sum {new_sum!r} is not right; " + hint(
         new_sum, hints, "new sum = sum x exp(old max - new max) + sum over the tile of "
                         "exp(s - new max)", tol=1e-3))
 
@@ -149,6 +142,6 @@ def check_graph_speedup(answer, kernels: int = EXERCISE_KERNELS,
         ((launches_ms + work_ms) / launches_ms, "the graph still does the work: divide by "
                                                 "one launch + the work"),
     ]
-    raise AssertionError(f"{what}: {answer!r} is not right; " + _hint(
+    raise AssertionError(f"{what}: {answer!r} is not right; " + hint(
         answer, hints, "eager = kernels x launch + work; graph = 1 launch + work; "
                        "speed-up = eager / graph", tol=0.01))
