@@ -24,10 +24,8 @@ import torch
 # kernels below, but also the helpers of its own standard library (tl.sum, tl.max, ...),
 # which are decorated while `import triton` runs. So the variable must be set before
 # triton is first imported in this process. On a machine without CUDA the interpreter is
-# the only way to run a Triton kernel, so we turn it on there; setdefault keeps whatever
-# the user chose explicitly. (Import this module before anything else imports triton.)
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# the only way to run a Triton kernel: `import folo_edu` (folo_edu/__init__.py), which
+# runs before this module can, turns it on there unless the user chose otherwise.
 
 TRITON_AVAILABLE = False
 TRITON_UNAVAILABLE_REASON: str | None = None
@@ -125,7 +123,7 @@ if TRITON_UNAVAILABLE_REASON is None:
         TRITON_UNAVAILABLE_REASON = (
             "triton was imported before TRITON_INTERPRET=1 was set, so its library "
             "functions cannot run in the interpreter; set TRITON_INTERPRET=1 in the "
-            "environment or import folo_edu.attention.triton_kernels first")
+            "environment or import folo_edu first")
     elif not _INTERPRETED and not torch.cuda.is_available():
         TRITON_UNAVAILABLE_REASON = (
             f"no CUDA GPU and TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r}: "

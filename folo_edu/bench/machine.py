@@ -25,9 +25,11 @@ def resolve_bench_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so a timer read afterwards measures it (no-op on CPU)."""
-    if device.type == "cuda":
+def synchronize(device) -> None:
+    """Wait for queued GPU work, so a timer read afterwards measures it (no-op on CPU).
+
+    CUDA calls return before the work is done, so a timer must wait for it."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 

@@ -32,12 +32,9 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# Imported before anything else can import triton: on a machine without CUDA it sets
-# TRITON_INTERPRET=1, which must happen before triton's first import.
-from folo_edu.attention import triton_kernels  # noqa: F401
 from folo_edu.attention import AttentionMetadata, get_backend
 from folo_edu.engine.cuda_graphs import bucket_of, graph_batch_sizes
-from folo_edu.viz.forward import synchronize
+from folo_edu.bench.machine import synchronize
 
 GPU_RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "gpu"
 BACKEND_STYLE = {"naive": ("0.45", "o"), "sdpa": ("C0", "s"), "paged-torch": ("C2", "^"),

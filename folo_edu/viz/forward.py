@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from folo_edu.attention.metadata import AttentionMetadata
+from folo_edu.bench.machine import synchronize
 from folo_edu.viz.memory import kv_bytes_per_token
 
 
@@ -105,13 +106,6 @@ def next_token_logits(model, token_ids: list[int]) -> torch.Tensor:
 
 
 # ---- with and without the KV cache --------------------------------------------------------
-def synchronize(device) -> None:
-    """Wait for the GPU to finish its queued work (a no-op on a CPU): CUDA calls return
-    before the work is done, so a timer must wait for it."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _best_seconds(fn, repeats: int, device="cpu") -> float:
     """The fastest of ``repeats`` timed calls, after one warm-up call.
 

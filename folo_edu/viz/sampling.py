@@ -16,7 +16,7 @@ import torch
 from folo_edu.sample import (Sampler, SamplingMetadata, apply_min_p, apply_min_tokens,
                              apply_penalties, apply_temperature, apply_top_k, apply_top_p)
 from folo_edu.sampling_params import GREEDY_EPS, SamplingParams
-from folo_edu.viz.forward import synchronize
+from folo_edu.bench.machine import synchronize
 
 
 def token_labels(tokenizer, token_ids) -> list[str]:
