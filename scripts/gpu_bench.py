@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -61,6 +60,10 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing folo_edu
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+# folo_edu first: on a machine without CUDA it sets TRITON_INTERPRET=1 before anything
+# imports triton.
+from folo_edu.bench.machine import synchronize  # noqa: E402
 
 # Qwen3-0.6B's config.json on the Hugging Face hub (Qwen/Qwen3-0.6B), as overrides of
 # the tiny Qwen3 config (folo_edu.models.tiny), which supplies architecture and tokens.
@@ -186,11 +189,6 @@ def make_workloads(args) -> dict:
 
 
 # ---- one configuration (in the child process, or in-process with --isolate none) ---
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _gib(n):
     return round(n / 2**30, 3)
 
@@ -202,19 +200,9 @@ def _memory(device) -> dict:
             "peak_gpu_reserved_gib": _gib(torch.cuda.max_memory_reserved())}
 
 
-def _engine_runner(llm):
-    engine = llm.llm_engine
-    return getattr(engine, "model_runner", None) or getattr(engine, "runner", None)
-
-
 def _folo_kwargs(cfg: dict, spec: dict) -> dict:
-    from folo_edu.config import EngineConfig
-
-    accepted = inspect.signature(EngineConfig.from_kwargs).parameters
     kw = dict(spec["engine_settings"], device=spec["device"], skip_tokenizer_init=True,
-              attention_backend=cfg["backend"])
-    if "enforce_eager" in accepted:
-        kw["enforce_eager"] = cfg["eager"]
+              attention_backend=cfg["backend"], enforce_eager=cfg["eager"])
     if cfg.get("compile"):
         kw["torch_compile"] = True
     return kw
@@ -226,10 +214,10 @@ def _folo_generate(llm, reqs, stop_at: float, tag: str) -> dict:
     from folo_edu import RequestOutputKind, SamplingParams
 
     engine = llm.llm_engine
-    device = _engine_runner(llm).device
+    device = llm.llm_engine.model_runner.device
     preempt0 = getattr(engine.scheduler, "num_preemptions", 0)
     expected = {f"{tag}-{i}": n for i, (_, n) in enumerate(reqs)}
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for i, (prompt, n) in enumerate(reqs):
         engine.add_request(f"{tag}-{i}", {"prompt_token_ids": prompt},
@@ -251,7 +239,7 @@ def _folo_generate(llm, reqs, stop_at: float, tag: str) -> dict:
         if engine.has_unfinished_requests() and time.perf_counter() > stop_at:
             stopped = True
             break
-    _sync(device)
+    synchronize(device)
     wall = time.perf_counter() - t0
     progress.append([round(wall, 4), made])
     tokens = sum(done.values())
@@ -293,7 +281,7 @@ def run_folo(cfg: dict, spec: dict, reqs, stop_at: float, res: dict) -> dict:
     t = time.perf_counter()
     llm = LLM(spec["model_path"], **kw)
     res["init_s"] = time.perf_counter() - t
-    runner = _engine_runner(llm)
+    runner = llm.llm_engine.model_runner
     res["attention_backend"] = getattr(getattr(runner, "backend", None), "name", None)
     res["cuda_graph_status"] = getattr(
         runner, "cuda_graph_status", "not reported (no ModelRunner.cuda_graph_status)")
@@ -370,7 +358,7 @@ def run_transformers(spec: dict, reqs, stop_at: float, res: dict) -> dict:
     res["phase"] = "run"
     batch_size = spec["hf_batch"]
     tokens, finished, stopped = 0, 0, False
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for i in range(0, len(reqs), batch_size):
         batch = reqs[i:i + batch_size]
@@ -384,7 +372,7 @@ def run_transformers(spec: dict, reqs, stop_at: float, res: dict) -> dict:
         if i + batch_size < len(reqs) and time.perf_counter() > stop_at:
             stopped = True
             break
-    _sync(device)
+    synchronize(device)
     wall = time.perf_counter() - t0
     res.pop("phase")
     res.update({"status": "partial" if stopped else "ok", "requests": len(reqs),
@@ -470,8 +458,6 @@ def machine(device) -> dict:
     from folo_edu.bench.machine import machine_info
 
     info = machine_info(device)
-    # Read from the package metadata: importing triton here, before
-    # folo_edu.attention.triton_kernels, would keep it out of its CPU interpreter mode.
     from importlib import metadata
 
     try:
@@ -483,24 +469,12 @@ def machine(device) -> dict:
     return info
 
 
-def precheck(cfg: dict, device) -> str | None:
-    """Why this checkout cannot run cfg at all (an option or backend it lacks), or None."""
+def precheck(cfg: dict) -> str | None:
+    """Why cfg cannot run here at all (its attention backend cannot), or None."""
     if cfg["engine"] != "folo":
         return None
-    from folo_edu import config as fc
+    from folo_edu.attention import unavailable_reason
 
-    accepted = inspect.signature(fc.EngineConfig.from_kwargs).parameters
-    if cfg["backend"] not in getattr(fc, "ATTENTION_BACKENDS", ()):
-        return (f"attention_backend={cfg['backend']!r} is not one of this checkout's "
-                f"{getattr(fc, 'ATTENTION_BACKENDS', ())}")
-    if not cfg["eager"] and "enforce_eager" not in accepted:
-        return "EngineConfig.from_kwargs has no enforce_eager option: no CUDA graphs to ask for"
-    if cfg.get("compile") and "torch_compile" not in accepted:
-        return "EngineConfig.from_kwargs has no torch_compile option"
-    try:
-        from folo_edu.attention import unavailable_reason
-    except ImportError:
-        return None
     return unavailable_reason(cfg["backend"])
 
 
@@ -628,10 +602,6 @@ def main(argv=None) -> int:
     if args.sources_hash:
         print(source_info()["sources_sha256"])
         return 0
-    try:  # first: it sets TRITON_INTERPRET=1 on a CPU before anything imports triton
-        import folo_edu.attention.triton_kernels  # noqa: F401
-    except ImportError:  # a checkout from before M4
-        pass
     if args.child:
         return child_main(args.child)
     if args.build_model_only:
@@ -728,7 +698,7 @@ def main(argv=None) -> int:
             cap = caps.get(name, TINY_CAP_S if tiny else cfg["cap_s"])
             result["configs"].append({"name": name, **cfg, "cap_s": cap})
             left = deadline - time.perf_counter()
-            reason = precheck(cfg, device)
+            reason = precheck(cfg)
             status = "unsupported" if reason else None
             if not reason:
                 reason = blocked_by(name, cfg, result["results"], device)
