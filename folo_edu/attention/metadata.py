@@ -60,7 +60,7 @@ class AttentionMetadata:
         bounds = [num_decodes * g // groups for g in range(groups + 1)] if groups else []
         for start, end in zip(bounds, bounds[1:]):
             max_len = max(seq_lens[start:end])
-            lens = torch.tensor(seq_lens[start:end], device=device)
+            lens = meta.seq_lens_tensor[start:end]
             mask = torch.arange(max_len, device=device)[None, :] < lens[:, None]
             meta.decode_groups.append(DecodeGroup(
                 start, end, block_tables[start:end, :-(-max_len // block_size)],
