@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 
+from folo_edu.attention import BACKENDS, available_backends, unavailable_reason
+
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16,
           "float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
 KV_CACHE_KINDS = ("paged", "contiguous")
-ATTENTION_BACKENDS = ("auto", "naive", "sdpa", "paged-torch", "flex", "triton")
+ATTENTION_BACKENDS = ("auto", *BACKENDS)
 # KV cache budget when neither num_kv_blocks nor kv_cache_memory_bytes is given.
 DEFAULT_CPU_KV_BYTES = 1 << 30
 
@@ -31,6 +33,11 @@ def _int_field(cls, name, value, lo, allowed, optional=False):
         raise _bad(cls, name, value, allowed, TypeError)
     if value < lo:
         raise _bad(cls, name, value, allowed)
+
+
+def _bool_field(cls, name, value):
+    if not isinstance(value, bool):
+        raise _bad(cls, name, value, "a bool", TypeError)
 
 
 def _choice(cls, name, value, choices):
@@ -147,9 +154,7 @@ class CacheConfig:
         _int_field("CacheConfig", "kv_cache_memory_bytes", self.kv_cache_memory_bytes, 1,
                    "an int >= 1 (bytes) or None", optional=True)
         _choice("CacheConfig", "kv_cache", self.kv_cache, KV_CACHE_KINDS)
-        if not isinstance(self.enable_prefix_caching, bool):
-            raise _bad("CacheConfig", "enable_prefix_caching", self.enable_prefix_caching,
-                       "a bool", TypeError)
+        _bool_field("CacheConfig", "enable_prefix_caching", self.enable_prefix_caching)
         if self.enable_prefix_caching:
             raise _bad("CacheConfig", "enable_prefix_caching", True,
                        "False: prefix caching is milestone M6 and is not built yet")
@@ -172,9 +177,7 @@ class SchedulerConfig:
         _int_field("SchedulerConfig", "max_num_seqs", self.max_num_seqs, 1, "an int >= 1")
         _int_field("SchedulerConfig", "max_num_batched_tokens", self.max_num_batched_tokens, 1,
                    "an int >= 1 or None", optional=True)
-        if not isinstance(self.enable_chunked_prefill, bool):
-            raise _bad("SchedulerConfig", "enable_chunked_prefill", self.enable_chunked_prefill,
-                       "a bool", TypeError)
+        _bool_field("SchedulerConfig", "enable_chunked_prefill", self.enable_chunked_prefill)
 
 
 @dataclass
@@ -191,17 +194,14 @@ class EngineConfig:
     torch_compile: bool = False
 
     def __post_init__(self) -> None:
-        from folo_edu.attention import available_backends, unavailable_reason
-
         _choice("EngineConfig", "attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         reason = unavailable_reason(self.attention_backend)
         if reason:
             raise ValueError(
                 f"EngineConfig.attention_backend={self.attention_backend!r}: {reason}; "
                 f"expected one that runs here: {', '.join(map(repr, available_backends()))}")
-        for name in ("enforce_eager", "torch_compile"):
-            if not isinstance(getattr(self, name), bool):
-                raise _bad("EngineConfig", name, getattr(self, name), "a bool", TypeError)
+        _bool_field("EngineConfig", "enforce_eager", self.enforce_eager)
+        _bool_field("EngineConfig", "torch_compile", self.torch_compile)
         mc, cc, sc = self.model_config, self.cache_config, self.scheduler_config
         if sc.max_num_batched_tokens is None:
             sc.max_num_batched_tokens = (2048 if sc.enable_chunked_prefill

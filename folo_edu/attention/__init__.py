@@ -34,6 +34,11 @@ def available_backends() -> list[str]:
     return [name for name in BACKENDS if unavailable_reason(name) is None]
 
 
+def _device_type(device) -> str:
+    """"cuda" or "cpu" from a torch.device, a string, or None (cpu)."""
+    return getattr(device, "type", device) or "cpu"
+
+
 def resolve_backend_name(name: str, device) -> str:
     """"auto": triton on CUDA when it is installed, else sdpa.
 
@@ -42,8 +47,7 @@ def resolve_backend_name(name: str, device) -> str:
     """
     if name != "auto":
         return name
-    device_type = getattr(device, "type", device) or "cpu"
-    if device_type == "cuda" and unavailable_reason("triton") is None:
+    if _device_type(device) == "cuda" and unavailable_reason("triton") is None:
         return "triton"
     return "sdpa"
 
@@ -58,8 +62,7 @@ def get_backend(name: str = "auto", device=None, compile: bool = False) -> Atten
     if reason:
         raise ValueError(f"attention_backend={name!r} cannot run here: {reason}")
     if name == "flex":
-        device_type = getattr(device, "type", device) or "cpu"
-        return FlexBackend(compile=compile or device_type == "cuda")
+        return FlexBackend(compile=compile or _device_type(device) == "cuda")
     return BACKENDS[name]()
 
 
