@@ -101,7 +101,15 @@ def _exponential_noise(generators: list[torch.Generator | None], vocab: int,
 
 
 class Sampler:
-    """Turns a ``[B, V]`` tensor of logits into one token per row, as vLLM v1 does."""
+    """Turns a ``[B, V]`` tensor of logits into one token per row, as vLLM v1 does.
+
+    ``top_p_fn`` is the top-p filter, ``fn(logits [B, V], top_p [B]) -> logits [B, V]``
+    (default ``apply_top_p``). It is a seam for the notebook 02 lab, which plugs a
+    learner's filter into a real engine run (``folo_edu.labs.m1_sampling``).
+    """
+
+    def __init__(self, top_p_fn=apply_top_p):
+        self.top_p_fn = top_p_fn
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         """Sample one token for each row of ``logits``, described by the same row of ``meta``."""
@@ -166,7 +174,7 @@ class Sampler:
         filters = [(apply_temperature, "temperature", lambda p: p.temperature != 1.0),
                    (apply_min_p, "min_p", lambda p: p.min_p > 0.0),
                    (apply_top_k, "top_k", lambda p: 0 < p.top_k < vocab),
-                   (apply_top_p, "top_p", lambda p: p.top_p < 1.0)]
+                   (self.top_p_fn, "top_p", lambda p: p.top_p < 1.0)]
         for fn, name, wanted in filters:
             rows = [j for j, p in enumerate(params) if wanted(p)]
             if rows:
