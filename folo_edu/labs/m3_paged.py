@@ -2,13 +2,14 @@
 
 The exercises: how many blocks a request needs, which cache slot a token lands
 in (the slot-mapping formula), and how many requests fit a pool of blocks. The
-references are folo_edu.viz.paged.blocks_needed and slot_of; the second is checked
-against KVCacheManager.slot_mapping in tests/unit/test_05_labs_and_viz.py.
+references are folo_edu.viz.paged.blocks_needed and folo_edu.kv_cache.slots.slot_of,
+the slot formula the engine itself uses.
 """
 from __future__ import annotations
 
 from folo_edu.labs import hint, not_answered, report_pass, require_number
-from folo_edu.viz.paged import blocks_needed, slot_of
+from folo_edu.kv_cache.slots import slot_of
+from folo_edu.viz.paged import blocks_needed
 
 # Exercise 1: a request with a 37-token prompt that has generated 20 tokens, blocks of 16.
 EXERCISE_NUM_TOKENS = 57

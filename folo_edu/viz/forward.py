@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from folo_edu.attention.metadata import AttentionMetadata
-from folo_edu.bench.machine import synchronize
 from folo_edu.viz.memory import kv_bytes_per_token
+from folo_edu.viz._plot import new_ax, seconds
 
 
 # ---- running one sequence by hand -------------------------------------------------------
@@ -113,14 +113,7 @@ def _best_seconds(fn, repeats: int, device="cpu") -> float:
     the fastest run is the best estimate of what the computation itself costs.
     """
     fn()  # warm-up: first calls allocate and pick kernels
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    return min(seconds(fn, device) for _ in range(repeats))
 
 
 @torch.inference_mode()
@@ -166,11 +159,7 @@ def measure_kv_cache_speedup(model, context_lens, repeats: int = 3) -> dict:
 
 def plot_kv_cache_speedup(result: dict, title: str = "", ax=None):
     """Milliseconds per generated token against context length, with and without cache."""
-    from matplotlib.figure import Figure
-
-    if ax is None:
-        fig = Figure(figsize=(7, 4), layout="constrained")
-        ax = fig.add_subplot()
+    ax = new_ax(ax, (7, 4))
     ctx = result["context"]
     ax.plot(ctx, result["without_cache"] * 1e3, "o-", color="C3",
             label="without KV cache (recompute all tokens each step)")
@@ -201,11 +190,11 @@ def time_engine_steps(engine, prompt, params, request_id: str = "timed") -> list
     while engine.has_unfinished_requests():
         t0 = time.perf_counter()
         engine.step()
-        seconds = time.perf_counter() - t0
+        took = time.perf_counter() - t0
         for rid, tokens, kind in engine.last_step:
             if rid.split("#")[0] == request_id:
                 steps.append({"step": len(steps), "kind": kind, "tokens": tokens,
-                              "seconds": seconds})
+                              "seconds": took})
                 break
     return steps
 
@@ -213,12 +202,9 @@ def time_engine_steps(engine, prompt, params, request_id: str = "timed") -> list
 def plot_step_times(steps: list[dict], title: str = "", ax=None):
     """Bars of milliseconds per engine step: the prefill (time to first token) in orange,
     then one bar per decoded token."""
-    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    if ax is None:
-        fig = Figure(figsize=(7, 3.5), layout="constrained")
-        ax = fig.add_subplot()
+    ax = new_ax(ax, (7, 3.5))
     ms = [s["seconds"] * 1e3 for s in steps]
     colors = ["C1" if s["kind"] == "prefill" else "C0" for s in steps]
     ax.bar(range(len(steps)), ms, color=colors)
@@ -279,11 +265,7 @@ PUBLISHED_SHAPES = [
 def plot_kv_bytes_per_token(shapes: list[AttentionShape], ax=None):
     """KiB of KV cache per token for each shape (log scale), with the multi-head
     attention equivalent (every query head cached) as a hollow bar behind it."""
-    from matplotlib.figure import Figure
-
-    if ax is None:
-        fig = Figure(figsize=(8, 4), layout="constrained")
-        ax = fig.add_subplot()
+    ax = new_ax(ax, (8, 4))
     x = np.arange(len(shapes))
     actual = np.array([s.kv_bytes_per_token() for s in shapes]) / 1024
     mha = np.array([s.mha_kv_bytes_per_token() for s in shapes]) / 1024

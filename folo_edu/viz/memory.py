@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from folo_edu.viz._plot import new_ax
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -68,11 +70,7 @@ def plot_memory_vs_context(shapes: list[ModelShape], max_context: int = 32768,
     A dot marks where the KV cache overtakes the weights, when that happens within
     ``max_context``; otherwise the legend says where it would. Returns the Figure.
     """
-    from matplotlib.figure import Figure
-
-    if ax is None:
-        fig = Figure(figsize=(8, 5), layout="constrained")
-        ax = fig.add_subplot()
+    ax = new_ax(ax, (8, 5))
     context = np.linspace(0, max_context, 257).astype(np.int64)
     gib = float(1 << 30)
     for i, shape in enumerate(shapes):

@@ -5,11 +5,12 @@ Three kinds of functions, kept apart:
 * drivers that read a real ``LLMEngine`` and return plain data: ``snapshot`` (block
   tables, cached tokens, queues and ``get_stats()`` right now) and
   ``record_snapshots`` (one snapshot after every step of a run);
-* pure arithmetic: ``blocks_needed``, ``slot_of`` (the slot-mapping formula),
-  ``physical_view`` (which request owns each physical block, and how full it is);
+* pure arithmetic: ``blocks_needed``, ``physical_view`` (which request owns each
+  physical block, and how full it is);
 * ``plot_*`` functions that only draw, and ``block_table_explorer``, a thin widget
   over ``plot_block_tables``.
 
+The slot-mapping formula is ``folo_edu.kv_cache.slots.slot_of``, the engine's own.
 The memory-waste and concurrency numbers come from ``folo_edu.bench.kv_memory``;
 ``plot_waste``, ``plot_concurrency`` and ``plot_kv_usage`` draw its results.
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from folo_edu.viz._plot import new_ax
 
 FREE_COLOR = "white"
 
@@ -90,16 +93,6 @@ def blocks_needed(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
-def slot_of(block_table, block_size: int, position: int) -> int:
-    """The cache slot of the token at ``position``:
-    block_table[position // block_size] * block_size + position % block_size."""
-    if not 0 <= position < len(block_table) * block_size:
-        raise ValueError(f"position={position}: expected 0 <= position < "
-                         f"{len(block_table) * block_size} (the table's "
-                         f"{len(block_table)} blocks of {block_size})")
-    return block_table[position // block_size] * block_size + position % block_size
-
-
 def physical_view(snap: KVSnapshot):
     """Per physical block: its owner (a request id, or None when free) and how many
     of its slots hold a token. Returns ``(owners, fill)``, a list and an int array."""
@@ -143,14 +136,6 @@ def request_colors(request_ids) -> dict[str, tuple]:
 
 
 # ---- figures ---------------------------------------------------------------------------
-def _new_ax(ax, figsize):
-    if ax is not None:
-        return ax
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize, layout="constrained").add_subplot()
-
-
 def _block(ax, x, y, fill_frac, color, label, edge="0.3", text_color="black"):
     from matplotlib.patches import Rectangle
 
@@ -257,7 +242,7 @@ def plot_snapshot_stats(snapshots, ax=None, title: str | None = None):
     every step of a recorded run (from ``get_stats()``). Returns the Figure."""
     from matplotlib.ticker import MaxNLocator
 
-    ax = _new_ax(ax, (8, 3.2))
+    ax = new_ax(ax, (8, 3.2))
     steps = [s.step for s in snapshots]
     used = [s.stats["kv_blocks_used"] for s in snapshots]
     ax.step(steps, used, where="post", color="C0", label="KV blocks used")
@@ -287,7 +272,7 @@ def plot_snapshot_stats(snapshots, ax=None, title: str | None = None):
 def plot_kv_usage(runs, ax=None, title: str | None = None):
     """Token slots allocated (solid) and holding a token (dashed) at every step, for
     one or more ``folo_edu.bench.kv_memory.KVRun``. Returns the Figure."""
-    ax = _new_ax(ax, (8, 3.2))
+    ax = new_ax(ax, (8, 3.2))
     for i, run in enumerate(runs):
         steps = np.arange(run.num_steps)
         ax.plot(steps, run.allocated, color=f"C{i}", lw=1.2,
@@ -305,7 +290,7 @@ def plot_kv_usage(runs, ax=None, title: str | None = None):
 def plot_waste(rows, ax=None, title: str | None = None):
     """Bars of the measured waste fraction per layout (rows from
     ``kv_memory.measure``), with the PagedAttention paper's ranges drawn for scale."""
-    ax = _new_ax(ax, (6, 3.2))
+    ax = new_ax(ax, (6, 3.2))
     labels = [r["label"] for r in rows]
     vals = [100 * r["waste_fraction"] for r in rows]
     bars = ax.bar(labels, vals, color=["0.55"] + [f"C{i}" for i in range(len(rows) - 1)])
@@ -325,7 +310,7 @@ def plot_concurrency(rows, ax=None, title: str | None = None):
     """Requests running at once on one KV budget, per layout: the peak, the mean over
     the steps in which others were queued (measured), and the analytic steady state
     (``analytic_concurrency``'s time_average). Returns the Figure."""
-    ax = _new_ax(ax, (6.5, 3.4))
+    ax = new_ax(ax, (6.5, 3.4))
     labels = [r["label"] for r in rows]
     x = np.arange(len(rows))
     peak = [r["peak_running"] for r in rows]

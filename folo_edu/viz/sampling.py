@@ -8,15 +8,13 @@ notebooks draw the static figure too).
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from folo_edu.sample import (Sampler, SamplingMetadata, apply_min_p, apply_min_tokens,
                              apply_penalties, apply_temperature, apply_top_k, apply_top_p)
 from folo_edu.sampling_params import GREEDY_EPS, SamplingParams
-from folo_edu.bench.machine import synchronize
+from folo_edu.viz._plot import new_ax, seconds
 
 
 def token_labels(tokenizer, token_ids) -> list[str]:
@@ -101,11 +99,7 @@ def plot_before_after(before: torch.Tensor, after: torch.Tensor, labels, top: in
                       title: str = "", ax=None):
     """Grouped bars of the next-token probabilities before (grey) and after (blue) one
     processor, for the ``top`` most likely tokens; a red x marks a token removed."""
-    from matplotlib.figure import Figure
-
-    if ax is None:
-        fig = Figure(figsize=(8, 3.2), layout="constrained")
-        ax = fig.add_subplot()
+    ax = new_ax(ax, (8, 3.2))
     p0, p1 = probs_of(before), probs_of(after)
     shown = _shown_tokens(p0, p1, top)
     x = np.arange(len(shown))
@@ -208,24 +202,14 @@ def measure_processor_latency(logits: torch.Tensor, repeats: int = 5,
     for name, source, fn in steps + [("whole Sampler call", "raw",
                                       lambda z: sampler(z, meta))]:
         x[name] = fn(x[source])  # warm-up, and the input of the next processor
-        samples = []
-        for _ in range(repeats):
-            synchronize(logits.device)
-            t0 = time.perf_counter()
-            fn(x[source])
-            synchronize(logits.device)
-            samples.append(time.perf_counter() - t0)
-        times[name] = min(samples)  # other jobs only ever add time
+        times[name] = min(seconds(lambda: fn(x[source]), logits.device)  # other jobs only
+                          for _ in range(repeats))                        # ever add time
     return times
 
 
 def plot_processor_latency(times: dict[str, float], batch: int, vocab: int, ax=None):
     """Horizontal bars of milliseconds per call, one per processor."""
-    from matplotlib.figure import Figure
-
-    if ax is None:
-        fig = Figure(figsize=(7, 3.5), layout="constrained")
-        ax = fig.add_subplot()
+    ax = new_ax(ax, (7, 3.5))
     names = list(times)
     ms = [times[n] * 1e3 for n in names]
     colors = ["C1" if n.startswith("full sort") else "C2" if n.startswith("whole") else "C0"

@@ -14,6 +14,7 @@ import pytest
 from folo_edu import SamplingParams
 from folo_edu.bench import kv_memory as km
 from folo_edu.engine.llm_engine import LLMEngine
+from folo_edu.kv_cache.slots import slot_of
 from folo_edu.labs.m3_paged import check_blocks_needed, check_requests_that_fit, check_slot
 from folo_edu.viz import paged as vp
 
@@ -164,10 +165,10 @@ def test_slot_of_is_the_managers_slot_mapping(model_path, seed):
     for req in engine.scheduler.running:
         n = req.num_computed_tokens
         table = kv.get_block_table(req.request_id)
-        assert [vp.slot_of(table, 3, p) for p in range(n)] == \
+        assert [slot_of(table, 3, p) for p in range(n)] == \
             kv.slot_mapping(req.request_id, 0, n)
     with pytest.raises(ValueError, match="position=8"):
-        vp.slot_of([1, 2], 4, 8)
+        slot_of([1, 2], 4, 8)
 
 
 def test_contiguous_engine_has_one_block_per_request(model_path):
