@@ -19,15 +19,16 @@ class OutputProcessor:
         self.sent_tokens: dict[str, int] = {}  # for DELTA outputs: token ids already sent
 
     def add_request(self, req: Request) -> None:
-        p = req.sampling_params
         self.detok[req.request_id] = IncrementalDetokenizer(
-            self.tokenizer, req.prompt_token_ids, p.skip_special_tokens, p.stop,
-            p.include_stop_str_in_output)
+            self.tokenizer, req.prompt_token_ids, req.sampling_params)
         self.sent_tokens[req.request_id] = 0
 
     def process_token(self, req: Request) -> str | None:
         """Feed the request's newest token; return a stop string it hit, if any."""
-        return self.detok[req.request_id].add_token(req.output_token_ids[-1])
+        # Finished by EOS or a stop token id on this token: its text is left out.
+        stop_terminated = (req.status.finish_reason == "stop"
+                           and (req.stop_reason is None or isinstance(req.stop_reason, int)))
+        return self.detok[req.request_id].update(req.output_token_ids[-1], stop_terminated)
 
     def completion(self, req: Request, index: int, kind: RequestOutputKind) -> CompletionOutput:
         detok = self.detok[req.request_id]
