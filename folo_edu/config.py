@@ -3,21 +3,26 @@
 Each class checks its own fields in ``__post_init__``; EngineConfig checks the rules
 that span several of them. Every failure is a ValueError (TypeError for a wrong
 type) that names the field, the value given and what is allowed.
+
+Configs are plain data: they never open a checkpoint. Rules that need the checkpoint's
+own config (its length limit, its KV bytes per token) run once the model layer has
+attached it: ``folo_edu.models.loader.resolve_config(config)``, which the engine calls.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from folo_edu.attention import BACKENDS, available_backends, unavailable_reason
-
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16,
           "float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
 KV_CACHE_KINDS = ("paged", "contiguous")
-ATTENTION_BACKENDS = ("auto", *BACKENDS)
+# The attention backends by name; folo_edu.attention checks its registry against this list
+# and says whether each can run here (config never imports the layers it configures).
+ATTENTION_BACKENDS = ("auto", "naive", "sdpa", "paged-torch", "flex", "triton")
 # KV cache budget when neither num_kv_blocks nor kv_cache_memory_bytes is given.
 DEFAULT_CPU_KV_BYTES = 1 << 30
 
@@ -60,7 +65,8 @@ class ModelConfig:
     """Which checkpoint to run, in which dtype, on which device, up to which length.
 
     ``model`` is a local HF folder, a .gguf file, a hub id, or None for the default
-    model. The checkpoint is resolved and its config read when this is built.
+    model. Building this only checks the fields; ``resolve_config`` (models layer)
+    finds the checkpoint and attaches its folder and HF config with ``attach``.
     """
 
     model: str | None = None
@@ -70,13 +76,16 @@ class ModelConfig:
     seed: int = 0
     trust_remote_code: bool = False
     skip_tokenizer_init: bool = False
-    # Resolved in __post_init__:
+    # Set by attach() once the checkpoint is found:
     path: str = field(init=False, default="")
     hf_config: Any = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from folo_edu.models.loader import load_hf_config, resolve_model_path
-
+        if isinstance(self.model, os.PathLike):
+            self.model = os.fspath(self.model)
+        if self.model is not None and not isinstance(self.model, str):
+            raise _bad("ModelConfig", "model", self.model,
+                       "a str (folder, .gguf file or hub id) or None", TypeError)
         _choice("ModelConfig", "dtype", self.dtype, ("auto", *DTYPES))
         _choice("ModelConfig", "device", self.device, DEVICES)
         resolve_device(self.device)  # fail now, not at the first forward pass
@@ -84,16 +93,27 @@ class ModelConfig:
         if self.trust_remote_code:
             raise _bad("ModelConfig", "trust_remote_code", True,
                        "False: folo_edu runs its own decoder and never executes checkpoint code")
-        self.path = str(resolve_model_path(self.model))
-        self.hf_config = load_hf_config(self.path)
-        limit = self.hf_config.max_position_embeddings
+        _int_field("ModelConfig", "max_model_len", self.max_model_len, 1,
+                   "an int >= 1 or None", optional=True)
+
+    def attach(self, path: str, hf_config) -> None:
+        """Record the checkpoint's folder and HF config; check max_model_len against it."""
+        limit = hf_config.max_position_embeddings
+        allowed = f"an int in [1, {limit}] (the checkpoint's max_position_embeddings)"
+        if self.max_model_len is not None and self.max_model_len > limit:
+            raise _bad("ModelConfig", "max_model_len", self.max_model_len, allowed)
+        self.path, self.hf_config = str(path), hf_config
         if self.max_model_len is None:
             self.max_model_len = limit
-        _int_field("ModelConfig", "max_model_len", self.max_model_len, 1,
-                   f"an int in [1, {limit}] (the checkpoint's max_position_embeddings)")
-        if self.max_model_len > limit:
-            raise _bad("ModelConfig", "max_model_len", self.max_model_len,
-                       f"an int in [1, {limit}] (the checkpoint's max_position_embeddings)")
+
+    @property
+    def resolved(self) -> bool:
+        return self.hf_config is not None
+
+    def _require_resolved(self, what: str) -> None:
+        if self.hf_config is None:
+            raise RuntimeError(f"ModelConfig.{what} needs the checkpoint's config; call "
+                               "folo_edu.models.loader.resolve_config(config) first")
 
     @property
     def torch_device(self) -> torch.device:
@@ -106,6 +126,7 @@ class ModelConfig:
             return DTYPES[self.dtype]
         if self.torch_device.type == "cpu":
             return torch.float32
+        self._require_resolved("torch_dtype")
         ckpt = getattr(self.hf_config, "dtype", None) or getattr(self.hf_config, "torch_dtype", None)
         ckpt = DTYPES.get(str(ckpt).replace("torch.", ""), torch.float32)
         if ckpt in (torch.float32, torch.float64):
@@ -114,16 +135,19 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
+        self._require_resolved("head_dim")
         c = self.hf_config
         return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
 
     @property
     def num_kv_heads(self) -> int:
+        self._require_resolved("num_kv_heads")
         c = self.hf_config
         return getattr(c, "num_key_value_heads", None) or c.num_attention_heads
 
     @property
     def num_layers(self) -> int:
+        self._require_resolved("num_layers")
         return self.hf_config.num_hidden_layers
 
     def kv_bytes_per_token(self) -> int:
@@ -195,14 +219,21 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         _choice("EngineConfig", "attention_backend", self.attention_backend, ATTENTION_BACKENDS)
-        reason = unavailable_reason(self.attention_backend)
-        if reason:
-            raise ValueError(
-                f"EngineConfig.attention_backend={self.attention_backend!r}: {reason}; "
-                f"expected one that runs here: {', '.join(map(repr, available_backends()))}")
         _bool_field("EngineConfig", "enforce_eager", self.enforce_eager)
         _bool_field("EngineConfig", "torch_compile", self.torch_compile)
+        sc = self.scheduler_config
+        if sc.max_num_batched_tokens is not None and sc.max_num_batched_tokens < sc.max_num_seqs:
+            raise ValueError(
+                f"SchedulerConfig.max_num_batched_tokens={sc.max_num_batched_tokens}: expected "
+                f">= max_num_seqs={sc.max_num_seqs} (every running request needs a token)")
+        if self.model_config.resolved:
+            self.finalize()
+
+    def finalize(self) -> None:
+        """The rules that need the checkpoint (its max_model_len and KV size); fills the
+        token budget and the number of KV blocks. Runs once the model config is attached."""
         mc, cc, sc = self.model_config, self.cache_config, self.scheduler_config
+        mc._require_resolved("max_model_len")
         if sc.max_num_batched_tokens is None:
             sc.max_num_batched_tokens = (2048 if sc.enable_chunked_prefill
                                          else max(mc.max_model_len, 2048))
@@ -251,7 +282,8 @@ class EngineConfig:
                     max_num_batched_tokens=None, enable_chunked_prefill=False,
                     attention_backend="auto", enforce_eager=False,
                     torch_compile=False) -> "EngineConfig":
-        """Build all four configs from the flat keyword arguments ``LLM`` takes."""
+        """Build all four configs from the flat keyword arguments ``LLM`` takes (plain
+        data: the checkpoint is read later, by ``resolve_config``)."""
         return cls(
             ModelConfig(model, dtype, max_model_len, device, seed, trust_remote_code,
                         skip_tokenizer_init),

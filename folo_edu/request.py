@@ -62,13 +62,16 @@ class Request:
 
     def __init__(self, request_id: str, prompt_token_ids: list[int],
                  sampling_params: SamplingParams, arrival_time: float | None = None,
-                 eos_token_id: int | None = None, prompt: str | None = None):
+                 eos_token_ids=(), prompt: str | None = None):
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = list(prompt_token_ids)
         self.output_token_ids: list[int] = []
         self.sampling_params = sampling_params
-        self.eos_token_id = eos_token_id
+        # Every id that ends the sequence (unless ignore_eos): the tokenizer's EOS and
+        # those of the checkpoint's config.json and generation_config.json.
+        self.eos_token_ids = frozenset(
+            [eos_token_ids] if isinstance(eos_token_ids, int) else eos_token_ids or ())
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.first_token_time: float | None = None
         self.finished_time: float | None = None
@@ -97,6 +100,13 @@ class Request:
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    def token_ids_between(self, start: int, end: int) -> list[int]:
+        """The tokens at positions [start, end) of prompt + output, without copying both."""
+        p = len(self.prompt_token_ids)
+        if start >= p:
+            return self.output_token_ids[start - p:end - p]
+        return self.prompt_token_ids[start:end] + self.output_token_ids[:max(0, end - p)]
 
     @property
     def is_finished(self) -> bool:

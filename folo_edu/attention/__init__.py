@@ -17,8 +17,12 @@ from folo_edu.attention.paged_torch import PagedTorchBackend
 from folo_edu.attention.sdpa import SdpaBackend
 from folo_edu.attention.triton_backend import TritonBackend, triton_unavailable_reason
 
+from folo_edu.attention.storage import allocate_kv_cache
+from folo_edu.config import ATTENTION_BACKENDS
+
 BACKENDS = {"naive": NaiveBackend, "sdpa": SdpaBackend, "paged-torch": PagedTorchBackend,
             "flex": FlexBackend, "triton": TritonBackend}
+assert ("auto", *BACKENDS) == ATTENTION_BACKENDS, "config.ATTENTION_BACKENDS is out of date"
 
 
 def unavailable_reason(name: str) -> str | None:
@@ -32,6 +36,15 @@ def unavailable_reason(name: str) -> str | None:
 
 def available_backends() -> list[str]:
     return [name for name in BACKENDS if unavailable_reason(name) is None]
+
+
+def require_available(name: str) -> None:
+    """Raise a ValueError naming EngineConfig.attention_backend if ``name`` can't run here."""
+    reason = unavailable_reason(name)
+    if reason:
+        raise ValueError(
+            f"EngineConfig.attention_backend={name!r}: {reason}; "
+            f"expected one that runs here: {', '.join(map(repr, available_backends()))}")
 
 
 def _device_type(device) -> str:
@@ -66,5 +79,6 @@ def get_backend(name: str = "auto", device=None, compile: bool = False) -> Atten
     return BACKENDS[name]()
 
 
-__all__ = ["AttentionBackend", "AttentionMetadata", "BACKENDS", "available_backends",
-           "get_backend", "resolve_backend_name", "unavailable_reason"]
+__all__ = ["AttentionBackend", "AttentionMetadata", "BACKENDS", "allocate_kv_cache",
+           "available_backends", "get_backend", "require_available", "resolve_backend_name",
+           "unavailable_reason"]

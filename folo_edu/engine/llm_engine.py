@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 
+from folo_edu.attention import require_available
 from folo_edu.config import EngineConfig
 from folo_edu.engine.model_runner import ModelRunner
 from folo_edu.engine.output_processor import OutputProcessor
 from folo_edu.engine.scheduler import Scheduler
 from folo_edu.kv_cache.manager import KVCacheManager
+from folo_edu.models.loader import eos_token_ids, resolve_config
 from folo_edu.outputs import RequestOutput
 from folo_edu.request import Request, RequestStatus
 from folo_edu.sampling_params import RequestOutputKind, SamplingParams
@@ -33,14 +35,11 @@ class LLMEngine:
     """The engine behind LLM. Use it directly to interleave requests and steps."""
 
     def __init__(self, config: EngineConfig):
-        self.config = config
+        require_available(config.attention_backend)
+        self.config = resolve_config(config)  # finds (maybe converts) the checkpoint
         mc = config.model_config
         self.tokenizer = None if mc.skip_tokenizer_init else load_tokenizer(mc.path)
-        eos = getattr(self.tokenizer, "eos_token_id", None)
-        if eos is None:
-            eos = mc.hf_config.eos_token_id
-            eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-        self.eos_token_id: int | None = eos
+        self.eos_token_ids = eos_token_ids(mc.path, mc.hf_config, self.tokenizer)
         self.vocab_size = mc.hf_config.vocab_size
         self.max_model_len = mc.max_model_len
         self.kv_manager = KVCacheManager(config.cache_config.num_kv_blocks,
@@ -83,10 +82,10 @@ class LLMEngine:
             child_params = params.clone(
                 n=1, max_tokens=max_tokens,
                 seed=None if params.seed is None else params.seed + i)
-            if self.eos_token_id is not None and not params.ignore_eos:
-                child_params.all_stop_token_ids.add(self.eos_token_id)
+            if not params.ignore_eos:
+                child_params.all_stop_token_ids |= self.eos_token_ids
             rid = request_id if params.n == 1 else f"{request_id}#{i}"
-            child = Request(rid, token_ids, child_params, arrival, self.eos_token_id, text)
+            child = Request(rid, token_ids, child_params, arrival, self.eos_token_ids, text)
             if params.prompt_logprobs is not None:
                 child.prompt_logprobs = [None]
             children.append(child)
@@ -163,9 +162,9 @@ class LLMEngine:
         """Run one scheduling step and return the outputs it produced."""
         sched = self.scheduler.schedule()
         self._last_step_tokens = sched.num_batched_tokens
-        self.last_step = [(s.request.request_id, s.num_new_tokens,
-                           "decode" if s.request.num_computed_tokens >= s.request.num_prompt_tokens
-                           else "prefill") for s in sched.scheduled]
+        self.last_step = [(s.request_id, s.num_new_tokens,
+                           "decode" if s.start >= len(s.prompt_token_ids) else "prefill")
+                          for s in sched.scheduled]
         result = self.model_runner.execute(sched)
         for rid, lps in result.prompt_logprobs.items():
             self.scheduler.requests[rid].prompt_logprobs.extend(lps)

@@ -3,7 +3,8 @@
 It flattens every scheduled request into one variable-length batch with no
 padding (input_ids, positions, slot_mapping, block tables, lengths), runs the
 model once, and samples the next token of every request whose scheduled tokens
-reach the end of its sequence. It decides no policy.
+reach the end of its sequence. It decides no policy and never holds a Request: the
+SchedulerOutput carries everything it reads, and the engine applies what it returns.
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from folo_edu.attention import AttentionMetadata, get_backend
+from folo_edu.attention import AttentionMetadata, allocate_kv_cache, get_backend
 from folo_edu.config import EngineConfig
 from folo_edu.engine.cuda_graphs import DecodeGraphRunner
-from folo_edu.engine.scheduler import SchedulerOutput
-from folo_edu.kv_cache.storage import allocate_kv_cache
+from folo_edu.engine.scheduler_output import ScheduledSequence, SchedulerOutput
+from folo_edu.kv_cache.slots import slot_mapping
 from folo_edu.models.weights import load_model
 from folo_edu.sample import Sampler, SamplingMetadata, compute_logprobs, make_generator
 
@@ -75,6 +76,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """One forward pass over every scheduled sequence, in the scheduler's order."""
         for rid in sched.finished_ids:
             self.generators.pop(rid, None)
         out = ModelRunnerOutput()
@@ -84,35 +86,21 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         query_lens, seq_lens, tables = [], [], []
-        sample_rows, sample_reqs = [], []
-        prompt_lp_rows: list[tuple] = []  # (request, first flat row, first position, count)
-        bs = self.block_size
-        # Decodes first, shortest first: the attention backends batch decodes of
-        # similar length together (AttentionMetadata.decode_groups).
-        for s in sorted(sched.scheduled, key=lambda s: (s.num_new_tokens != 1,
-                                                         s.request.num_tokens)):
-            req, n = s.request, s.num_new_tokens
-            start, end = req.num_computed_tokens, req.num_computed_tokens + n
+        sample_rows, to_sample = [], []
+        prompt_lp: list[tuple[ScheduledSequence, int]] = []  # (sequence, its first flat row)
+        for s in sched.scheduled:
             flat = len(input_ids)
-            if n == 1 and end == req.num_tokens and req.output_token_ids:
-                input_ids.append(req.output_token_ids[-1])
-            else:
-                input_ids.extend(req.all_token_ids[start:end])
-            positions.extend(range(start, end))
-            table = s.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            query_lens.append(n)
-            seq_lens.append(end)
-            tables.append(table)
-            if end == req.num_tokens:
-                sample_rows.append(flat + n - 1)
-                sample_reqs.append(req)
-            wants_prompt_lp = (req.sampling_params.prompt_logprobs is not None
-                               and req.prompt_logprobs is not None
-                               and len(req.prompt_logprobs) < req.num_prompt_tokens)
-            if wants_prompt_lp and start < req.num_prompt_tokens - 1:
-                count = min(end, req.num_prompt_tokens - 1) - start
-                prompt_lp_rows.append((req, flat, start, count))
+            input_ids.extend(s.token_ids)
+            positions.extend(range(s.start, s.end))
+            slots.extend(slot_mapping(s.block_table, self.block_size, s.start, s.end))
+            query_lens.append(s.num_new_tokens)
+            seq_lens.append(s.end)
+            tables.append(s.block_table)
+            if s.sample:
+                sample_rows.append(flat + s.num_new_tokens - 1)
+                to_sample.append(s)
+            if s.prompt_logprobs_count:
+                prompt_lp.append((s, flat + s.prompt_logprobs_start - s.start))
 
         dev = self.device
         width = max(len(t) for t in tables)
@@ -126,40 +114,41 @@ class ModelRunner:
             hidden = self.graph_runner.run(ids_t, pos_t, slots_t, tables_t,
                                            torch.tensor(seq_lens, dtype=torch.int32, device=dev))
         else:
-            meta = AttentionMetadata.build(query_lens, seq_lens, slots_t, tables_t, bs)
+            meta = AttentionMetadata.build(query_lens, seq_lens, slots_t, tables_t,
+                                           self.block_size)
             hidden = self.model(ids_t, pos_t, meta)
-        if sample_reqs:
+        if to_sample:
             logits = self.model.compute_logits(hidden[sample_rows])
-            result = self.sampler(logits, self._sampling_metadata(sample_reqs))
-            for i, req in enumerate(sample_reqs):
-                out.sampled[req.request_id] = SampledToken(
+            result = self.sampler(logits, self._sampling_metadata(to_sample))
+            for i, s in enumerate(to_sample):
+                out.sampled[s.request_id] = SampledToken(
                     result.token_ids[i], result.sampled_logprobs[i], result.top_logprobs[i])
-        for req, flat, start, count in prompt_lp_rows:
-            out.prompt_logprobs[req.request_id] = self._prompt_logprobs(
-                hidden[flat:flat + count], req, start, count)
+        for s, row in prompt_lp:
+            out.prompt_logprobs[s.request_id] = self._prompt_logprobs(
+                hidden[row:row + s.prompt_logprobs_count], s)
         return out
 
-    def _sampling_metadata(self, reqs) -> SamplingMetadata:
+    def _sampling_metadata(self, seqs: list[ScheduledSequence]) -> SamplingMetadata:
         gens = []
-        for req in reqs:
-            seed = req.sampling_params.seed
-            if seed is not None and req.request_id not in self.generators:
-                self.generators[req.request_id] = make_generator(seed, self.device)
-            gens.append(self.generators.get(req.request_id))
+        for s in seqs:
+            seed = s.sampling_params.seed
+            if seed is not None and s.request_id not in self.generators:
+                self.generators[s.request_id] = make_generator(seed, self.device)
+            gens.append(self.generators.get(s.request_id))
         return SamplingMetadata(
-            params=[r.sampling_params for r in reqs],
-            prompt_token_ids=[r.prompt_token_ids for r in reqs],
-            output_token_ids=[r.output_token_ids for r in reqs],
+            params=[s.sampling_params for s in seqs],
+            prompt_token_ids=[s.prompt_token_ids for s in seqs],
+            output_token_ids=[s.output_token_ids for s in seqs],
             generators=gens,
-            eos_token_ids=[set() if r.eos_token_id is None else {r.eos_token_id} for r in reqs])
+            eos_token_ids=[set(s.eos_token_ids) for s in seqs])
 
-    def _prompt_logprobs(self, hidden, req, start, count) -> list[dict[int, float]]:
-        """Logprob of each next prompt token (and the top-N) at positions start..start+count."""
-        logits = self.model.compute_logits(hidden)
-        logprobs = compute_logprobs(logits)
-        n = req.sampling_params.prompt_logprobs
-        actual = torch.tensor(req.prompt_token_ids[start + 1:start + 1 + count],
-                              device=logprobs.device)
+    def _prompt_logprobs(self, hidden, s: ScheduledSequence) -> list[dict[int, float]]:
+        """Logprob of each next prompt token (and the top-N) for the rows in ``hidden``,
+        which are positions prompt_logprobs_start, +1, ... of sequence ``s``."""
+        logprobs = compute_logprobs(self.model.compute_logits(hidden))
+        n = s.sampling_params.prompt_logprobs
+        first, count = s.prompt_logprobs_start + 1, s.prompt_logprobs_count
+        actual = torch.tensor(s.prompt_token_ids[first:first + count], device=logprobs.device)
         actual_lp = logprobs.gather(1, actual[:, None])[:, 0].tolist()
         top_lp, top_ids = logprobs.topk(n, dim=-1) if n else (None, None)
         dicts = []

@@ -15,29 +15,11 @@ recomputed later. The scheduler never touches a tensor.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 
 from folo_edu.config import SchedulerConfig
+from folo_edu.engine.scheduler_output import ScheduledSequence, SchedulerOutput
 from folo_edu.kv_cache.manager import KVCacheManager
 from folo_edu.request import Request, RequestStatus
-
-
-@dataclass
-class ScheduledRequest:
-    request: Request
-    num_new_tokens: int
-    block_table: list[int]
-
-
-@dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledRequest]  # decodes (one new token) first, then prefills
-    preempted: list[str] = field(default_factory=list)
-    finished_ids: list[str] = field(default_factory=list)  # since the last step
-
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
 
 
 class Scheduler:
@@ -102,12 +84,40 @@ class Scheduler:
             scheduled.append((req, n))
             budget -= n
 
-        scheduled.sort(key=lambda rn: rn[1] != 1)  # stable: decodes first
-        out = SchedulerOutput(
-            [ScheduledRequest(r, n, self.kv.get_block_table(r.request_id)) for r, n in scheduled],
-            preempted, self._finished_ids)
+        # Batch order: decodes first, shortest context first, then prefills (stable).
+        scheduled.sort(key=lambda rn: (rn[1] != 1, rn[0].num_tokens if rn[1] == 1 else 0))
+        out = SchedulerOutput([self._plan(r, n) for r, n in scheduled],
+                              preempted, self._finished_ids)
         self._finished_ids = []
+        self._check_invariants(out)
         return out
+
+    def _plan(self, req: Request, n: int) -> ScheduledSequence:
+        """The plain-data view of one request's share of this step."""
+        start, end = req.num_computed_tokens, req.num_computed_tokens + n
+        lp_start, lp_count = 0, 0
+        if req.prompt_logprobs is not None:
+            # Entry i of prompt_logprobs is token i's logprob, computed from the hidden
+            # state at position i - 1. Ask only for those not yet known, so a chunked or
+            # preempted prompt never gets one twice.
+            lp_start = max(start, len(req.prompt_logprobs) - 1)
+            lp_count = max(0, min(end, req.num_prompt_tokens - 1) - lp_start)
+        return ScheduledSequence(
+            request_id=req.request_id, token_ids=req.token_ids_between(start, end), start=start,
+            block_table=list(self.kv.get_block_table(req.request_id)),
+            sample=end == req.num_tokens, sampling_params=req.sampling_params,
+            prompt_token_ids=req.prompt_token_ids, output_token_ids=req.output_token_ids,
+            eos_token_ids=frozenset(req.eos_token_ids),
+            prompt_logprobs_start=lp_start, prompt_logprobs_count=lp_count)
+
+    def _check_invariants(self, out: SchedulerOutput) -> None:
+        """Cheap checks of what every step must keep (vLLM asserts the same two)."""
+        budget = self.config.max_num_batched_tokens
+        assert out.num_batched_tokens <= budget, \
+            f"scheduled {out.num_batched_tokens} tokens, budget {budget}"
+        assert len(self.running) <= self.config.max_num_seqs, \
+            f"{len(self.running)} running, max_num_seqs {self.config.max_num_seqs}"
+        assert all(s.num_new_tokens > 0 for s in out.scheduled), "a request got 0 tokens"
 
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)
@@ -123,8 +133,8 @@ class Scheduler:
         """
         updated = []
         for s in out.scheduled:
-            req = s.request
-            if req.is_finished:  # aborted between schedule() and now
+            req = self.requests.get(s.request_id)
+            if req is None:  # finished (aborted) between schedule() and now
                 continue
             req.num_computed_tokens += s.num_new_tokens
             token = sampled.get(req.request_id)
@@ -146,7 +156,7 @@ class Scheduler:
             return RequestStatus.FINISHED_LENGTH
         if req.num_output_tokens < p.min_tokens:
             return None
-        if not p.ignore_eos and token == req.eos_token_id:
+        if not p.ignore_eos and token in req.eos_token_ids:
             return RequestStatus.FINISHED_STOPPED
         if token in p.stop_token_ids:
             req.stop_reason = token

@@ -10,6 +10,7 @@ ceil(n / tokens_per_block) blocks; blocks are given out only as tokens arrive.
 from __future__ import annotations
 
 from folo_edu.kv_cache.block_pool import BlockPool
+from folo_edu.kv_cache.slots import slot_mapping
 
 
 class KVCacheManager:
@@ -58,5 +59,4 @@ class KVCacheManager:
 
     def slot_mapping(self, request_id: str, start: int, end: int) -> list[int]:
         """Cache slots of the tokens at positions [start, end) of a request."""
-        table, bs = self.block_tables[request_id], self.block_size
-        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+        return slot_mapping(self.block_tables[request_id], self.block_size, start, end)

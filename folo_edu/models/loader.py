@@ -79,6 +79,44 @@ def _resolve_hub_id(repo_id: str) -> Path:
     return Path(path)
 
 
+def resolve_config(config):
+    """Find the checkpoint of a ModelConfig (or an EngineConfig's model) and attach it.
+
+    This is where a model source is resolved: the default model may be downloaded and a
+    GGUF file converted here, never when a config is built. For an EngineConfig it then
+    runs the rules that need the checkpoint (``EngineConfig.finalize``). Returns
+    ``config``; calling it again does nothing.
+    """
+    model_config = getattr(config, "model_config", config)
+    if not model_config.resolved:
+        path = resolve_model_path(model_config.model)
+        model_config.attach(str(path), load_hf_config(path))
+    if model_config is not config:
+        config.finalize()
+    return config
+
+
+def eos_token_ids(path, hf_config, tokenizer=None) -> frozenset[int]:
+    """Every id that ends generation: the tokenizer's EOS and the eos_token_id (an int or
+    a list) of config.json and generation_config.json, as vLLM gathers them."""
+    ids: set[int] = set()
+
+    def add(value):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+
+    add(getattr(tokenizer, "eos_token_id", None))
+    add(getattr(hf_config, "eos_token_id", None))
+    gen = Path(path) / "generation_config.json"
+    if gen.is_file():
+        import json
+
+        add(json.loads(gen.read_text()).get("eos_token_id"))
+    return frozenset(ids)
+
+
 def load_safetensors_state(path: str | os.PathLike) -> dict:
     """All tensors of the *.safetensors files in a folder (or one file), by name.
 

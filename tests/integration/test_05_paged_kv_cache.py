@@ -56,9 +56,8 @@ def run_fake(workload, num_blocks, block_size, max_num_seqs, budget, chunked=Fal
                 sched.finish_request(w["id"], RequestStatus.FINISHED_ABORTED)
         out = sched.schedule()
         check_invariants(sched, kv, after_update=False)
-        sampled = {s.request.request_id: fake_next_token(s.request.all_token_ids)
-                   for s in out.scheduled
-                   if s.request.num_computed_tokens + s.num_new_tokens == s.request.num_tokens}
+        sampled = {s.request_id: fake_next_token(sched.requests[s.request_id].all_token_ids)
+                   for s in out.scheduled if s.sample}
         for req in sched.update_from_output(out, sampled):
             if req.is_finished:
                 outputs[req.request_id] = list(req.output_token_ids)
@@ -121,10 +120,10 @@ def test_preempts_the_most_recently_admitted():
     sched.update_from_output(out, {"a": 9, "b": 9})
     for _ in range(3):  # decode until a and b need their second and third blocks
         out = sched.schedule()
-        sched.update_from_output(out, {s.request.request_id: 9 for s in out.scheduled})
+        sched.update_from_output(out, {s.request_id: 9 for s in out.scheduled})
     out = sched.schedule()
     if not out.preempted:
-        sched.update_from_output(out, {s.request.request_id: 9 for s in out.scheduled})
+        sched.update_from_output(out, {s.request_id: 9 for s in out.scheduled})
         out = sched.schedule()
     assert out.preempted == ["b"]
     assert b.status == RequestStatus.PREEMPTED and b.num_computed_tokens == 0

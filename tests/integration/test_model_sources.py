@@ -9,9 +9,15 @@ import pytest
 import torch
 
 from folo_edu import ModelConfig
-from folo_edu.models.loader import (ModelSourceError, load_safetensors_state,
+from folo_edu.models.loader import (ModelSourceError, load_safetensors_state, resolve_config,
                                     resolve_model_path)
 from folo_edu.models.tiny import TINY_CONFIGS
+
+
+def model_config(*args, **kwargs):
+    """A ModelConfig with its checkpoint found and attached (what the engine does)."""
+    return resolve_config(ModelConfig(*args, **kwargs))
+
 
 # ---- a tiny GGUF, written the way llama.cpp's converter writes a Llama -----------------
 
@@ -95,7 +101,7 @@ def write_tiny_gguf(hf_dir: Path, out: Path) -> Path:
 def test_local_hf_folder(tiny_model_dir, name):
     folder = tiny_model_dir(name)
     assert resolve_model_path(str(folder)) == folder
-    mc = ModelConfig(str(folder))
+    mc = model_config(str(folder))
     spec = TINY_CONFIGS[name]
     assert mc.path == str(folder) and mc.num_layers == spec["num_hidden_layers"]
     assert mc.num_kv_heads == spec["num_key_value_heads"]
@@ -129,7 +135,7 @@ def test_hub_id_found_in_a_local_hf_cache(tiny_model_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     path = resolve_model_path("fake-org/tiny-llama")
     assert path == repo / "snapshots" / commit
-    assert ModelConfig("fake-org/tiny-llama").num_layers == 2
+    assert model_config("fake-org/tiny-llama").num_layers == 2
 
 
 @pytest.mark.parametrize("name,tied", [("llama-gqa2-tied", True), ("llama-gqa2-tied", False)])
@@ -157,7 +163,7 @@ def test_gguf_file_converts_to_the_same_model(tiny_model_dir, tmp_path, monkeypa
     mtime = (folder / "model.safetensors").stat().st_mtime_ns
     assert resolve_model_path(str(gguf_file)) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == mtime
-    assert ModelConfig(str(gguf_file)).max_model_len == 512
+    assert model_config(str(gguf_file)).max_model_len == 512
 
 
 # ---- bad sources ------------------------------------------------------------------------
@@ -202,7 +208,7 @@ def test_folder_without_config(tiny_model_dir, tmp_path):
     folder = _broken_copy(tiny_model_dir, tmp_path)
     (folder / "config.json").unlink()
     with pytest.raises(ModelSourceError, match="local HF folder, but it has no config.json"):
-        ModelConfig(str(folder))
+        model_config(str(folder))
 
 
 def test_folder_without_safetensors(tiny_model_dir, tmp_path):
@@ -220,7 +226,7 @@ def test_unsupported_architecture(tiny_model_dir, tmp_path):
     config["architectures"] = ["MistralForCausalLM"]
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelSourceError) as excinfo:
-        ModelConfig(str(folder))
+        model_config(str(folder))
     msg = str(excinfo.value)
     assert "architectures=['MistralForCausalLM'] is not supported" in msg
     assert "LlamaForCausalLM" in msg and "Qwen3ForCausalLM" in msg
@@ -230,14 +236,14 @@ def test_unreadable_config(tiny_model_dir, tmp_path):
     folder = _broken_copy(tiny_model_dir, tmp_path)
     (folder / "config.json").write_text("{ not json")
     with pytest.raises(ModelSourceError, match="config.json could not be read"):
-        ModelConfig(str(folder))
+        model_config(str(folder))
 
 
 def test_corrupt_safetensors(tiny_model_dir, tmp_path):
     folder = _broken_copy(tiny_model_dir, tmp_path)
     weights = folder / "model.safetensors"
     weights.write_bytes(b"\x13\x37 this is not a safetensors file" * 10)
-    assert ModelConfig(str(folder)).path == str(folder)  # the folder itself looks fine
+    assert model_config(str(folder)).path == str(folder)  # the folder itself looks fine
     with pytest.raises(ModelSourceError) as excinfo:
         load_safetensors_state(folder)
     assert f"weights file {str(weights)!r}: tried to load it as safetensors" in str(excinfo.value)

@@ -9,8 +9,15 @@ import torch
 from folo_edu import (CacheConfig, CompletionOutput, EngineConfig, ModelConfig, Request,
                       RequestOutput, RequestOutputKind, RequestStatus, SamplingParams,
                       SchedulerConfig)
+from folo_edu.models.loader import resolve_config
 from folo_edu.outputs import RequestMetrics
 from folo_edu.request import IllegalTransition
+
+
+def model_config(*args, **kwargs):
+    """A ModelConfig with its checkpoint found and attached (what the engine does)."""
+    return resolve_config(ModelConfig(*args, **kwargs))
+
 
 S = RequestStatus
 
@@ -129,36 +136,36 @@ BAD_MODEL = [
 @pytest.mark.parametrize("field,value,exc", BAD_MODEL, ids=[f"{f}={v!r}" for f, v, _ in BAD_MODEL])
 def test_model_config_rejects_bad_values(tiny_model_dir, field, value, exc):
     with pytest.raises(exc) as excinfo:
-        ModelConfig(str(tiny_model_dir()), **{field: value})
+        model_config(str(tiny_model_dir()), **{field: value})
     assert_names(excinfo, "ModelConfig", field, value)
 
 
 def test_max_model_len_comes_from_the_checkpoint(tiny_model_dir):
-    mc = ModelConfig(str(tiny_model_dir()))  # the tiny models have max_position_embeddings=512
+    mc = model_config(str(tiny_model_dir()))  # the tiny models have max_position_embeddings=512
     assert mc.max_model_len == 512
-    assert ModelConfig(str(tiny_model_dir()), max_model_len=100).max_model_len == 100
+    assert model_config(str(tiny_model_dir()), max_model_len=100).max_model_len == 100
     with pytest.raises(ValueError, match=r"max_model_len=1024: expected an int in \[1, 512\]"):
-        ModelConfig(str(tiny_model_dir()), max_model_len=1024)
+        model_config(str(tiny_model_dir()), max_model_len=1024)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
 def test_cuda_device_without_a_gpu_fails_at_config_time(tiny_model_dir):
     with pytest.raises(ValueError) as excinfo:
-        ModelConfig(str(tiny_model_dir()), device="cuda")
+        model_config(str(tiny_model_dir()), device="cuda")
     assert_names(excinfo, "ModelConfig", "device", "cuda")
 
 
 def test_dtype_auto_is_float32_on_cpu(tiny_model_dir):
-    assert ModelConfig(str(tiny_model_dir()), device="cpu").torch_dtype == torch.float32
+    assert model_config(str(tiny_model_dir()), device="cpu").torch_dtype == torch.float32
     # Even when the checkpoint itself is stored in bfloat16.
     bf16 = tiny_model_dir("llama-gqa2-tied", dtype=torch.bfloat16)
-    assert ModelConfig(str(bf16), device="cpu").torch_dtype == torch.float32
-    assert ModelConfig(str(bf16), dtype="bfloat16").torch_dtype == torch.bfloat16
+    assert model_config(str(bf16), device="cpu").torch_dtype == torch.float32
+    assert model_config(str(bf16), dtype="bfloat16").torch_dtype == torch.bfloat16
 
 
 @pytest.mark.cuda
 def test_dtype_auto_is_half_precision_on_cuda(tiny_model_dir):
-    mc = ModelConfig(str(tiny_model_dir()), device="cuda")
+    mc = model_config(str(tiny_model_dir()), device="cuda")
     assert mc.torch_dtype in (torch.bfloat16, torch.float16)
 
 
@@ -166,18 +173,18 @@ def test_dtype_auto_is_half_precision_on_cuda(tiny_model_dir):
     ("llama-gqa2-tied", 2, 2, 16), ("llama-mha-untied-rope3", 3, 4, 12),
     ("qwen2-bias-gqa4", 2, 2, 8), ("qwen3-odd-headdim", 2, 2, 24)])
 def test_kv_bytes_per_token_from_the_checkpoint(tiny_model_dir, name, layers, kv_heads, head_dim):
-    mc = ModelConfig(str(tiny_model_dir(name)), device="cpu")
+    mc = model_config(str(tiny_model_dir(name)), device="cpu")
     assert (mc.num_layers, mc.num_kv_heads, mc.head_dim) == (layers, kv_heads, head_dim)
     assert mc.kv_bytes_per_token() == 2 * layers * kv_heads * head_dim * 4  # K and V, fp32
-    assert ModelConfig(str(tiny_model_dir(name)), dtype="float16").kv_bytes_per_token() == (
+    assert model_config(str(tiny_model_dir(name)), dtype="float16").kv_bytes_per_token() == (
         2 * layers * kv_heads * head_dim * 2)
 
 
 # ---- EngineConfig: cross-field rules and KV block sizing --------------------------------
 
 def engine(tiny_model_dir, max_model_len=None, **kw):
-    return EngineConfig.from_kwargs(str(tiny_model_dir()), device="cpu",
-                                    max_model_len=max_model_len, **kw)
+    return resolve_config(EngineConfig.from_kwargs(str(tiny_model_dir()), device="cpu",
+                                                   max_model_len=max_model_len, **kw))
 
 
 def test_batched_tokens_must_cover_max_model_len_without_chunked_prefill(tiny_model_dir):
@@ -247,7 +254,7 @@ PAIRS = [(a, b) for a in S for b in S]
 
 
 def make_request(rid="r0") -> Request:
-    return Request(rid, [1, 2, 3], SamplingParams(max_tokens=4), eos_token_id=2)
+    return Request(rid, [1, 2, 3], SamplingParams(max_tokens=4), eos_token_ids={2})
 
 
 @pytest.mark.parametrize("src,dst", PAIRS, ids=[f"{a.name}->{b.name}" for a, b in PAIRS])
