@@ -2,8 +2,8 @@
 
 No model and no tensors: the real ``Scheduler`` and ``KVCacheManager`` run a
 workload of requests whose lengths are drawn from a long-tailed distribution, and a
-fake "model" returns a fixed token each step (EOS is ignored, so every request
-produces exactly its output length). After every ``schedule()``, the moment the
+fake "model" returns a fixed token each step (``bench.replay``; EOS is ignored, so
+every request produces exactly its output length). After every ``schedule()``, the moment the
 forward pass would write the KV cache, two numbers are recorded:
 
     allocated   token slots in the blocks the running requests hold
@@ -25,14 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from folo_edu.config import SchedulerConfig
-from folo_edu.engine.scheduler import Scheduler
-from folo_edu.kv_cache.manager import KVCacheManager
-from folo_edu.request import Request
-from folo_edu.sampling_params import SamplingParams
-
-# The token the fake model "samples": any id will do, EOS is ignored.
-FAKE_TOKEN = 5
+from folo_edu.bench.replay import fake_request, make_scheduler, replay
 
 
 @dataclass(frozen=True)
@@ -153,7 +146,8 @@ def run_workload(lengths, tokens_per_block: int, num_blocks: int, max_model_len:
                  max_num_seqs: int = 1024, max_num_batched_tokens: int | None = None,
                  label: str | None = None, max_steps: int = 1_000_000) -> KVRun:
     """Run ``(prompt_len, output_len)`` requests, all queued at step 0, through the real
-    Scheduler and KVCacheManager, and record allocated and used slots at every step.
+    Scheduler and KVCacheManager (``bench.replay``), and record allocated and used slots
+    at every step.
 
     A request that could never fit the cache is refused with ValueError, as
     ``LLMEngine.add_request`` does. ``max_num_batched_tokens`` defaults to
@@ -161,8 +155,8 @@ def run_workload(lengths, tokens_per_block: int, num_blocks: int, max_model_len:
     """
     lengths = [(int(p), int(o)) for p, o in lengths]
     budget = max_num_batched_tokens or max(max_model_len, 2048)
-    kv = KVCacheManager(num_blocks, tokens_per_block)
-    sched = Scheduler(SchedulerConfig(max_num_seqs, budget, False), kv, max_model_len)
+    sched = make_scheduler(num_blocks, tokens_per_block, max_model_len, max_num_seqs, budget)
+    kv = sched.kv
     for i, (p, o) in enumerate(lengths):
         if p < 1 or o < 1 or p + o > max_model_len:
             raise ValueError(f"request {i}: prompt {p} + output {o} tokens; expected both "
@@ -170,12 +164,9 @@ def run_workload(lengths, tokens_per_block: int, num_blocks: int, max_model_len:
         if kv.blocks_needed(p + o) > num_blocks:
             raise ValueError(f"request {i} needs {kv.blocks_needed(p + o)} blocks of "
                              f"{tokens_per_block} tokens, the cache has {num_blocks}")
-        sched.add_request(Request(f"r{i}", [FAKE_TOKEN] * p,
-                                  SamplingParams(max_tokens=o, ignore_eos=True)))
-    allocated, used, running, waiting = [], [], [], []
-    scheduled_tokens = 0
-    while sched.has_unfinished_requests():
-        out = sched.schedule()
+    allocated, used, running, waiting, scheduled = [], [], [], [], []
+
+    def measure(step, out):  # the moment the forward pass would write the cache
         held = kv.num_blocks - kv.num_free_blocks
         assert held == sum(len(t) for t in kv.block_tables.values())
         allocated.append(held * tokens_per_block)
@@ -183,16 +174,14 @@ def run_workload(lengths, tokens_per_block: int, num_blocks: int, max_model_len:
         assert used[-1] <= allocated[-1], (used[-1], allocated[-1])
         running.append(len(sched.running))
         waiting.append(len(sched.waiting))
-        scheduled_tokens += out.num_batched_tokens
-        sampled = {s.request.request_id: FAKE_TOKEN for s in out.scheduled
-                   if s.request.num_computed_tokens + s.num_new_tokens == s.request.num_tokens}
-        sched.update_from_output(out, sampled)
-        if len(allocated) > max_steps:
-            raise RuntimeError(f"run_workload: unfinished after max_steps={max_steps}")
+        scheduled.append(out.num_batched_tokens)
+
+    replay(sched, [(0, fake_request(f"r{i}", p, o)) for i, (p, o) in enumerate(lengths)],
+           measure, max_steps=max_steps)
     assert kv.num_free_blocks == kv.num_blocks
     return KVRun(label or f"{tokens_per_block} tokens/block", tokens_per_block, num_blocks,
                  np.array(allocated), np.array(used), np.array(running), np.array(waiting),
-                 sched.num_preemptions, scheduled_tokens,
+                 sched.num_preemptions, sum(scheduled),
                  sum(p + o - 1 for p, o in lengths))
 
 

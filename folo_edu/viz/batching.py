@@ -6,9 +6,9 @@ Three kinds of functions, kept apart:
   ``record_timeline`` (step by step, keeping ``engine.last_step`` and
   ``engine.get_stats()`` after every step), ``run_continuous``, ``run_static``,
   ``measure_throughput``;
-* pure arithmetic on request lengths: ``simulate_continuous`` (the schedule
-  folo_edu's scheduler makes), ``simulate_static`` (batches that wait for their
-  longest member), ``static_batching_steps``, ``continuous_batching_steps``,
+* schedules from request lengths alone: ``simulate_continuous`` (the real
+  scheduler, driven by a fake model), ``simulate_static`` (batches that wait for
+  their longest member), ``static_batching_steps``, ``continuous_batching_steps``,
   ``static_slot_usage``, ``static_layout``;
 * ``plot_*`` functions that only draw, and ``batching_explorer``, a thin widget
   over ``plot_static_vs_continuous``.
@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from folo_edu.viz._plot import new_ax
 
 KIND_COLORS = {"prefill": "C1", "decode": "C0", "padding": "0.75"}
 WAITING_COLOR = "0.92"
@@ -223,16 +225,16 @@ def _check_lengths(prompt_lens, output_lens) -> None:
 def simulate_continuous(prompt_lens, output_lens, max_num_seqs: int,
                         max_num_batched_tokens: int | None = None, arrival_steps=None,
                         ids=None) -> Timeline:
-    """The schedule folo_edu's scheduler makes, computed from lengths alone.
+    """The schedule folo_edu's scheduler makes, from lengths alone: the real ``Scheduler``
+    driven by a fake model (``folo_edu.bench.replay``), no weights, no tensors.
 
-    The rule (scheduler.py, without chunked prefill and with a KV cache big enough
-    that nobody is preempted): each step, every running request gets the tokens it
-    is owed (its whole prompt on its first step, then 1), running ones first, in
-    the order they were admitted; then waiting requests join, first come first
-    served, while a seat (max_num_seqs) and the token budget (max_num_batched_tokens,
-    None for unlimited) remain. Every scheduled request samples one token; one that
-    reaches its output length leaves, and its seat is refilled at the next step.
+    The KV cache is big enough that nobody is preempted, and prefill is not chunked.
+    The token budget (max_num_batched_tokens) is unlimited when None. Each request
+    arrives before step ``arrival_steps[i]`` (default 0) and yields exactly its output
+    length. Rows are labelled as ``LLMEngine.last_step`` labels them.
     """
+    from folo_edu.bench.replay import fake_request, make_scheduler, replay
+
     _check_lengths(prompt_lens, output_lens)
     _check_batch_size(max_num_seqs)
     n = len(prompt_lens)
@@ -241,42 +243,25 @@ def simulate_continuous(prompt_lens, output_lens, max_num_seqs: int,
     if max_num_batched_tokens is not None and max_num_batched_tokens < max_num_seqs:
         raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens}: expected >= "
                          f"max_num_seqs={max_num_seqs} (every running request needs a token)")
-    budget_per_step = max_num_batched_tokens or sum(prompt_lens) + n
-    if max(prompt_lens) > budget_per_step:
+    budget = max_num_batched_tokens or sum(prompt_lens) + n
+    if max(prompt_lens) > budget:
         raise ValueError(f"a prompt of {max(prompt_lens)} tokens never fits in "
                          f"max_num_batched_tokens={max_num_batched_tokens}")
-    order = sorted(range(n), key=lambda i: (arrival_steps[i], i))
-    waiting: list[int] = []
-    running: list[int] = []
-    produced = [0] * n
+    totals = [p + o for p, o in zip(prompt_lens, output_lens)]
+    block = 16  # any size: the cache holds every request at its full length at once
+    sched = make_scheduler(sum(-(-t // block) for t in totals), block, max(totals),
+                           max_num_seqs, budget)
+    prompt_len = dict(zip(ids, prompt_lens))
     steps: list[list[tuple[str, int, str]]] = []
-    finish: dict[str, int] = {}
-    step = 0
-    while len(finish) < n:
-        while order and arrival_steps[order[0]] <= step:
-            waiting.append(order.pop(0))
-        budget = budget_per_step
-        scheduled = []
-        for i in running:  # every running request owes exactly one token
-            scheduled.append((i, 1, "decode"))
-            budget -= 1
-        while waiting and budget > 0 and len(running) < max_num_seqs:
-            i = waiting[0]
-            if prompt_lens[i] > budget:
-                break
-            waiting.pop(0)
-            running.append(i)
-            scheduled.append((i, prompt_lens[i], "prefill"))
-            budget -= prompt_lens[i]
-        scheduled.sort(key=lambda e: e[1] != 1)  # as the engine orders them: 1-token entries first
-        for i, _, _ in scheduled:
-            produced[i] += 1
-            if produced[i] == output_lens[i]:
-                running.remove(i)
-                finish[ids[i]] = step
-        steps.append([(ids[i], t, kind) for i, t, kind in scheduled])
-        step += 1
-    return Timeline(steps, {ids[i]: arrival_steps[i] for i in range(n)}, finish)
+
+    def record(step, out):
+        steps.append([(s.request_id, s.num_new_tokens,
+                       "decode" if s.start >= prompt_len[s.request_id] else "prefill")
+                      for s in out.scheduled])
+
+    finish = replay(sched, [(a, fake_request(r, p, o)) for a, r, p, o in
+                            zip(arrival_steps, ids, prompt_lens, output_lens)], record)
+    return Timeline(steps, dict(zip(ids, arrival_steps)), finish)
 
 
 def simulate_static(prompt_lens, output_lens, batch_size: int, ids=None) -> Timeline:
@@ -381,14 +366,6 @@ def static_layout(prompt_lens, output_lens, batch_size: int) -> np.ndarray:
 
 
 # ---- figures ------------------------------------------------------------------------------
-def _new_ax(ax, figsize):
-    if ax is not None:
-        return ax
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize, layout="constrained").add_subplot()
-
-
 def plot_timeline(timeline: Timeline, ax=None, title: str | None = None,
                   show_waiting: bool = True):
     """Gantt chart: x = engine step, one row per request (first arrival on top), a cell
@@ -397,7 +374,7 @@ def plot_timeline(timeline: Timeline, ax=None, title: str | None = None,
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
 
-    ax = _new_ax(ax, (10, 0.3 * len(timeline.arrival_step) + 1.6))
+    ax = new_ax(ax, (10, 0.3 * len(timeline.arrival_step) + 1.6))
     rows = timeline.request_ids
     y = {r: k for k, r in enumerate(rows)}
     cells: dict[tuple[str, str], list[tuple[int, int]]] = {}
@@ -461,7 +438,7 @@ def plot_static_padding(prompt_lens, output_lens, batch_size: int, ax=None):
 
     grid = static_layout(prompt_lens, output_lens, batch_size)
     u = static_slot_usage(prompt_lens, output_lens, batch_size)
-    ax = _new_ax(ax, (9, 0.3 * len(prompt_lens) + 1.8))
+    ax = new_ax(ax, (9, 0.3 * len(prompt_lens) + 1.8))
     ax.imshow(grid, cmap=ListedColormap(LAYOUT_COLORS), vmin=0, vmax=len(LAYOUT_COLORS) - 1,
               aspect="auto", interpolation="nearest")
     n = len(prompt_lens)
@@ -545,7 +522,7 @@ def plot_throughput(results: list[dict], fig=None, title: str = ""):
 def plot_static_vs_continuous_measured(static: dict, continuous: dict, ax=None):
     """Bars of measured output tokens/s (with step counts) for ``run_static`` and
     ``run_continuous`` results. Returns the Figure."""
-    ax = _new_ax(ax, (5, 3.2))
+    ax = new_ax(ax, (5, 3.2))
     names = ["static batches", "continuous"]
     vals = [static["tok_s"], continuous["tok_s"]]
     bars = ax.bar(names, vals, color=["0.6", "C0"])
