@@ -4,16 +4,16 @@ The exercises: which CUDA-graph bucket a decode batch runs in and how many paddi
 it gets; one online-softmax merge step of PagedAttention; and how much faster a
 launch-bound decode step gets when a CUDA graph replays it. The references are
 folo_edu.engine.cuda_graphs.bucket_of (what DecodeGraphRunner.bucket runs),
-viz.backends.online_softmax_merge, and the step-time model of
-viz.backends.model_step_time (step = launches x launch cost + work).
+viz.decode_attention.online_softmax_merge, and the step-time model of
+viz.op_overhead.model_step_time (step = launches x launch cost + work).
 """
 from __future__ import annotations
 
 import math
 
-from folo_edu.engine.cuda_graphs import graph_batch_sizes
+from folo_edu.engine.cuda_graphs import bucket_of, graph_batch_sizes
 from folo_edu.labs import hint, not_answered, report_pass, require_number
-from folo_edu.viz.backends import bucket_of, online_softmax_merge
+from folo_edu.viz.decode_attention import online_softmax_merge
 
 # Exercise 1: 37 requests decode in an engine with max_num_seqs = 64.
 EXERCISE_BATCH = 37

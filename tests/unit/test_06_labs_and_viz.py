@@ -1,5 +1,6 @@
-"""M4: the measurements, arithmetic and figures in folo_edu.viz.backends, and the exercise
-checks in folo_edu.labs.m4_backends.
+"""M4: the measurements, arithmetic and figures in folo_edu.viz (decode_attention,
+op_overhead, op_count, cuda_graphs, gpu_results), and the exercise checks in
+folo_edu.labs.m4_backends.
 
 The arithmetic is pinned to the engine's own code (DecodeGraphRunner.bucket, a full
 softmax), the op counts to what each backend is known to do, and the measurements only
@@ -14,7 +15,11 @@ import pytest
 import torch
 
 # First: on a machine without CUDA this sets TRITON_INTERPRET=1 before triton is imported.
-from folo_edu.viz import backends as vb  # noqa: I001
+from folo_edu.viz import cuda_graphs as vcg  # noqa: I001
+from folo_edu.viz import decode_attention as vda
+from folo_edu.viz import gpu_results as vgr
+from folo_edu.viz import op_count as voc
+from folo_edu.viz import op_overhead as voh
 
 from folo_edu.attention.triton_kernels import triton_mode
 from folo_edu.engine.cuda_graphs import DecodeGraphRunner, graph_batch_sizes
@@ -28,12 +33,12 @@ needs_triton = pytest.mark.skipif(triton_mode() == "unavailable",
 
 @pytest.fixture(scope="module")
 def decoder():
-    return vb.random_decoder("qwen3-odd-headdim", num_hidden_layers=2)
+    return voc.random_decoder("qwen3-odd-headdim", num_hidden_layers=2)
 
 
 # ---- synthetic decode steps and the backends on them --------------------------------------
 def test_synthetic_step_is_a_consistent_paged_cache():
-    step = vb.synthetic_decode_step(5, [40, 3, 16, 17, 33], block_size=8, seed=1)
+    step = vda.synthetic_decode_step(5, [40, 3, 16, 17, 33], block_size=8, seed=1)
     meta = step.meta
     assert meta.seq_lens == [3, 16, 17, 33, 40] and meta.num_decodes == 5
     assert step.q.shape == (5, 4, 32) and step.k_cache.shape[1:] == (8, 2, 32)
@@ -45,48 +50,48 @@ def test_synthetic_step_is_a_consistent_paged_cache():
     flat = step.k_cache.view(-1, 2, 32)
     assert torch.equal(flat[meta.slot_mapping], step.k)
     with pytest.raises(ValueError, match="expected an int >= 1 or 2"):
-        vb.synthetic_decode_step(2, [4, 5, 6])
+        vda.synthetic_decode_step(2, [4, 5, 6])
 
 
 def test_backends_agree_with_naive():
-    step = vb.synthetic_decode_step(6, [1, 15, 16, 17, 130, 257])
-    diffs = vb.max_abs_diff_vs_naive(step, ["sdpa", "paged-torch"])
+    step = vda.synthetic_decode_step(6, [1, 15, 16, 17, 130, 257])
+    diffs = vda.max_abs_diff_vs_naive(step, ["sdpa", "paged-torch"])
     assert set(diffs) == {"sdpa", "paged-torch"}
     assert all(0 <= d < 1e-5 for d in diffs.values())
 
 
 @needs_triton
 def test_triton_agrees_with_naive_on_a_tiny_step():
-    diffs = vb.max_abs_diff_vs_naive(vb.synthetic_decode_step(2, [17, 40]), ["triton"])
+    diffs = vda.max_abs_diff_vs_naive(vda.synthetic_decode_step(2, [17, 40]), ["triton"])
     assert diffs["triton"] < 1e-5
 
 
 def test_measure_decode_latency_rows_and_skips():
-    rows = vb.measure_decode_latency(["naive", "sdpa"], [(1, 16), (2, 40)], repeats=2)
+    rows = vda.measure_decode_latency(["naive", "sdpa"], [(1, 16), (2, 40)], repeats=2)
     assert [(r["backend"], r["batch"], r["context"]) for r in rows] == [
         ("naive", 1, 16), ("sdpa", 1, 16), ("naive", 2, 40), ("sdpa", 2, 40)]
     assert all(r["ms"] > 0 and "note" not in r for r in rows)
-    skipped = vb.measure_decode_latency(["sdpa"], [(1, 16), (2, 16)], max_call_s=0.0)
+    skipped = vda.measure_decode_latency(["sdpa"], [(1, 16), (2, 16)], max_call_s=0.0)
     assert all(r["ms"] is None for r in skipped)
     assert "took" in skipped[0]["note"] and "batch 1" in skipped[1]["note"]
 
 
 # ---- per-op overhead ---------------------------------------------------------------------
 def test_time_per_op():
-    result = vb.time_per_op(sizes=(1, 16, 1 << 20), repeats=2, target_s=0.001)
+    result = voh.time_per_op(sizes=(1, 16, 1 << 20), repeats=2, target_s=0.001)
     assert result["elements"].tolist() == [1, 16, 1 << 20]
     assert (result["seconds"] > 0).all() and result["bytes"][0] == 12
-    floor = vb.per_op_overhead(result)
+    floor = voh.per_op_overhead(result)
     assert 0 < floor < 1e-3  # well under a millisecond per tiny op on any machine
     assert result["seconds"][-1] > floor  # 12 MB move takes longer than an empty call
     with pytest.raises(ValueError, match="no size"):
-        vb.per_op_overhead(result, max_elements=0)
+        voh.per_op_overhead(result, max_elements=0)
 
 
 # ---- counting ops ------------------------------------------------------------------------
 def test_op_counter_skips_views_and_counts_syncs():
     x = torch.ones(4)
-    with vb.OpCounter() as counter:
+    with voc.OpCounter() as counter:
         y = x.view(2, 2).t()       # views: no kernel
         torch.empty(3)             # an allocation: no kernel
         z = (y + 1).sum()          # two kernels
@@ -99,8 +104,8 @@ def test_count_decode_ops_per_backend(decoder):
     layers = decoder.spec.num_layers
     counts = {}
     for name in ("naive", "sdpa", "paged-torch"):
-        vb.set_backend(decoder, name)
-        counts[name] = {b: vb.count_decode_ops(decoder, b, context_len=40) for b in (1, 4)}
+        voc.set_backend(decoder, name)
+        counts[name] = {b: voc.count_decode_ops(decoder, b, context_len=40) for b in (1, 4)}
     assert counts["paged-torch"][4]["syncs"] == 0  # its tile count comes from the host
     assert counts["naive"][4]["kernels"] > counts["naive"][1]["kernels"]  # one loop per seq
     assert min(c[4]["kernels"] for c in counts.values()) > 10 * layers
@@ -109,8 +114,8 @@ def test_count_decode_ops_per_backend(decoder):
 @needs_triton
 def test_count_decode_ops_counts_a_triton_launch_per_kernel(decoder):
     layers = decoder.spec.num_layers
-    vb.set_backend(decoder, "triton")
-    counts = {b: vb.count_decode_ops(decoder, b, context_len=40) for b in (1, 4)}
+    voc.set_backend(decoder, "triton")
+    counts = {b: voc.count_decode_ops(decoder, b, context_len=40) for b in (1, 4)}
     triton = counts[4]
     assert triton["by_op"]["triton:store_kv"] == layers
     assert triton["by_op"]["triton:paged_decode_attention"] == layers
@@ -121,8 +126,8 @@ def test_count_decode_ops_counts_a_triton_launch_per_kernel(decoder):
 
 
 def test_time_decode_forward(decoder):
-    vb.set_backend(decoder, "sdpa")
-    assert 0 < vb.time_decode_forward(decoder, batch=2, context_len=20, repeats=2) < 5
+    voc.set_backend(decoder, "sdpa")
+    assert 0 < voc.time_decode_forward(decoder, batch=2, context_len=20, repeats=2) < 5
 
 
 # ---- arithmetic --------------------------------------------------------------------------
@@ -134,9 +139,9 @@ def test_bucket_and_padding_rows(max_batch):
         bucket = runner.bucket(n)
         assert bucket in sizes and bucket >= n
         assert all(s < n for s in sizes if s < bucket)  # the smallest that fits
-        assert vb.padding_rows(n, sizes) == bucket - n >= 0
+        assert vcg.padding_rows(n, sizes) == bucket - n >= 0
     with pytest.raises(ValueError, match="largest bucket"):
-        vb.bucket_of(max_batch + 1, sizes)
+        vcg.bucket_of(max_batch + 1, sizes)
 
 
 @pytest.mark.parametrize("tile", [1, 7, 64])
@@ -144,14 +149,14 @@ def test_online_softmax_merge_folds_to_the_full_softmax(tile):
     scores = (torch.randn(150, generator=torch.Generator().manual_seed(tile)) * 5).tolist()
     m, l = float("-inf"), 0.0
     for start in range(0, len(scores), tile):
-        m, l = vb.online_softmax_merge(m, l, scores[start:start + tile])
+        m, l = vda.online_softmax_merge(m, l, scores[start:start + tile])
     full = torch.tensor(scores, dtype=torch.float64)
     assert m == max(scores)
     assert m + math.log(l) == pytest.approx(torch.logsumexp(full, 0).item(), rel=1e-12)
 
 
 def test_model_step_time_by_hand():
-    t = vb.model_step_time([1, 4], n_kernels=100, launch_s=1e-5, weight_bytes=1000,
+    t = voh.model_step_time([1, 4], n_kernels=100, launch_s=1e-5, weight_bytes=1000,
                            kv_bytes_per_token=10, context_len=5, bandwidth=1e6)
     work = [(1000 + 1 * 50) / 1e6, (1000 + 4 * 50) / 1e6]
     assert t["work"].tolist() == pytest.approx(work)
@@ -161,7 +166,7 @@ def test_model_step_time_by_hand():
 
 # ---- GPU results -------------------------------------------------------------------------
 def test_load_the_committed_gpu_results():
-    rows = vb.load_gpu_results()
+    rows = vgr.load_gpu_results()
     by_requests = {r["requests"]: r for r in rows if r["file"].startswith("gpu_bench_h200")}
     assert by_requests[256]["output_tok_s"] == pytest.approx(1290.7, abs=0.1)
     assert by_requests[64]["output_tok_s"] == pytest.approx(421.3, abs=0.1)
@@ -179,15 +184,15 @@ def test_load_an_m4_matrix(tmp_path):
                     {"name": "transformers@subset", "workload": "subset"}],
         "results": {"triton-graphs": {"status": "ok", "output_tok_s": 5000.0},
                     "transformers@subset": {"status": "partial", "output_tok_s": 10.0}}}))
-    rows = vb.load_gpu_results(tmp_path)
+    rows = vgr.load_gpu_results(tmp_path)
     assert rows == [
         {"file": "m4_x.json", "device": "NVIDIA X100", "date": "2031-05-06",
          "config": "triton-graphs", "requests": 256, "status": "ok", "output_tok_s": 5000.0},
         {"file": "m4_x.json", "device": "NVIDIA X100", "date": "2031-05-06",
          "config": "transformers@subset", "requests": 64, "status": "partial",
          "output_tok_s": None}]
-    assert len(vb.plot_gpu_results(rows).axes[0].patches) == 1
-    assert vb.load_gpu_results(tmp_path / "missing") == []
+    assert len(vgr.plot_gpu_results(rows).axes[0].patches) == 1
+    assert vgr.load_gpu_results(tmp_path / "missing") == []
 
 
 # ---- engine decode timing (the notebook's GPU cells, here on the CPU) ----------------------
@@ -196,13 +201,13 @@ def test_time_engine_decode(tiny_model_dir):
                                    skip_tokenizer_init=True, dtype="float32", max_num_seqs=4,
                                    max_model_len=64, num_kv_blocks=64, block_size=4,
                                    attention_backend="sdpa")
-    row = vb.time_engine_decode(engine, batch=3, steps=3, prompt_len=5)
+    row = vcg.time_engine_decode(engine, batch=3, steps=3, prompt_len=5)
     assert row["batch"] == 3 and row["steps"] == 3 and row["ms_per_step"] > 0
     assert row["cuda_graph_status"].startswith("off") or torch.cuda.is_available()
     assert not engine.has_unfinished_requests()
     with pytest.raises(ValueError, match="max_num_seqs=4"):
-        vb.time_engine_decode(engine, batch=5)
-    fig = vb.plot_engine_decode([dict(row, config="sdpa"), dict(row, batch=1, config="sdpa")])
+        vcg.time_engine_decode(engine, batch=5)
+    fig = vcg.plot_engine_decode([dict(row, config="sdpa"), dict(row, batch=1, config="sdpa")])
     assert len(fig.axes[0].lines) == 1
 
 
@@ -213,21 +218,21 @@ def test_plots_draw():
     rows = [{"backend": b, "batch": n, "context": 64, "ms": n * k}
             for k, b in enumerate(["naive", "sdpa"], 1) for n in (1, 2, 4)]
     rows.append({"backend": "flex", "batch": 4, "context": 64, "ms": None, "note": "skipped"})
-    fig = vb.plot_decode_latency(rows, "batch")
+    fig = vda.plot_decode_latency(rows, "batch")
     assert isinstance(fig, Figure) and len(fig.axes[0].lines) == 2
     assert "context 64" in fig.axes[0].get_title()
     with pytest.raises(ValueError, match="expected 'batch' or 'context'"):
-        vb.plot_decode_latency(rows, "heads")
+        vda.plot_decode_latency(rows, "heads")
     per_op = {"elements": torch.tensor([1, 1024, 1 << 20]).numpy(),
               "seconds": torch.tensor([3e-6, 3e-6, 1e-3]).numpy(),
               "bytes": 12 * torch.tensor([1, 1024, 1 << 20]).numpy()}
-    assert len(vb.plot_time_per_op(per_op).axes[0].lines) == 3
+    assert len(voh.plot_time_per_op(per_op).axes[0].lines) == 3
     counts = {"sdpa": {1: {"kernels": 100}, 4: {"kernels": 120}},
               "triton": {1: {"kernels": 80}, 4: {"kernels": 80}}}
-    assert len(vb.plot_op_counts(counts).axes[0].lines) == 2
-    modelled = vb.model_step_time([1, 8, 64], 1000, 1e-5, 1e9, 1e5, 1024, 4.8e12)
-    assert len(vb.plot_step_time_model(modelled).axes[0].lines) == 3
-    fig = vb.plot_bucket_padding(64)
+    assert len(voc.plot_op_counts(counts).axes[0].lines) == 2
+    modelled = voh.model_step_time([1, 8, 64], 1000, 1e-5, 1e9, 1e5, 1024, 4.8e12)
+    assert len(voh.plot_step_time_model(modelled).axes[0].lines) == 3
+    fig = vcg.plot_bucket_padding(64)
     assert len(fig.axes[0].patches) == 64 and len(fig.axes) == 2
 
 
