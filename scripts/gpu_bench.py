@@ -200,12 +200,22 @@ def _memory(device) -> dict:
             "peak_gpu_reserved_gib": _gib(torch.cuda.max_memory_reserved())}
 
 
-def _folo_kwargs(cfg: dict, spec: dict) -> dict:
-    kw = dict(spec["engine_settings"], device=spec["device"], skip_tokenizer_init=True,
-              attention_backend=cfg["backend"], enforce_eager=cfg["eager"])
-    if cfg.get("compile"):
-        kw["torch_compile"] = True
-    return kw
+def _outcome(reqs, stopped: bool, finished: int, tokens: int, wall: float) -> dict:
+    """The fields every timed run reports, folo_edu's and transformers' alike."""
+    return {"status": "partial" if stopped else "ok", "requests": len(reqs),
+            "finished_requests": finished, "output_tokens": tokens,
+            "expected_output_tokens": sum(n for _, n in reqs), "wall_s": wall,
+            "output_tok_s": tokens / wall if wall > 0 else None}
+
+
+def _timed_phase(res: dict, phase: str, fn):
+    """Run ``fn()`` as ``phase`` ("init", "warmup"): res["phase"] names it while it runs
+    (an error then says where), res[phase + "_s"] gets its seconds."""
+    res["phase"] = phase
+    t = time.perf_counter()
+    out = fn()
+    res[f"{phase}_s"] = time.perf_counter() - t
+    return out
 
 
 def _folo_generate(llm, reqs, stop_at: float, tag: str) -> dict:
@@ -214,8 +224,8 @@ def _folo_generate(llm, reqs, stop_at: float, tag: str) -> dict:
     from folo_edu import RequestOutputKind, SamplingParams
 
     engine = llm.llm_engine
-    device = llm.llm_engine.model_runner.device
-    preempt0 = getattr(engine.scheduler, "num_preemptions", 0)
+    device = engine.model_runner.device
+    preempt0 = engine.scheduler.num_preemptions
     expected = {f"{tag}-{i}": n for i, (_, n) in enumerate(reqs)}
     synchronize(device)
     t0 = time.perf_counter()
@@ -233,7 +243,7 @@ def _folo_generate(llm, reqs, stop_at: float, tag: str) -> dict:
             if out.finished:
                 done[out.request_id] = len(out.outputs[0].token_ids)
         steps += 1
-        made += len(getattr(engine, "last_step", ()))
+        made += len(engine.last_step)
         if steps % PROGRESS_EVERY == 0:
             progress.append([round(time.perf_counter() - t0, 4), made])
         if engine.has_unfinished_requests() and time.perf_counter() > stop_at:
@@ -245,20 +255,17 @@ def _folo_generate(llm, reqs, stop_at: float, tag: str) -> dict:
     tokens = sum(done.values())
     if stopped:  # count what the unfinished requests made so far, then drop them
         left = [rid for rid in expected if rid not in done]
-        reqmap = getattr(engine.scheduler, "requests", {})
-        tokens += sum(len(getattr(reqmap.get(rid), "output_token_ids", ())) for rid in left)
+        live = engine.scheduler.requests
+        tokens += sum(len(live[rid].output_token_ids) for rid in left if rid in live)
         for rid in left:
             try:
                 engine.abort_request(rid)
             except KeyError:  # it finished after all
                 pass
-    return {"status": "partial" if stopped else "ok", "requests": len(reqs),
-            "finished_requests": len(done), "output_tokens": tokens,
-            "expected_output_tokens": sum(expected.values()), "wall_s": wall,
-            "output_tok_s": tokens / wall if wall > 0 else None, "engine_steps": steps,
+    return {**_outcome(reqs, stopped, len(done), tokens, wall), "engine_steps": steps,
             "progress": progress if made == tokens else None,
             "exact_lengths": all(done[r] == expected[r] for r in done),
-            "num_preemptions": getattr(engine.scheduler, "num_preemptions", 0) - preempt0}
+            "num_preemptions": engine.scheduler.num_preemptions - preempt0}
 
 
 def _warmup_requests(reqs, tiny: bool):
@@ -273,25 +280,19 @@ def run_folo(cfg: dict, spec: dict, reqs, stop_at: float, res: dict) -> dict:
     from folo_edu import LLM
 
     device = torch.device(spec["device"])
-    kw = _folo_kwargs(cfg, spec)
+    kw = dict(spec["engine_settings"], device=spec["device"], skip_tokenizer_init=True,
+              attention_backend=cfg["backend"], enforce_eager=cfg["eager"],
+              **({"torch_compile": True} if cfg.get("compile") else {}))
     res["engine_kwargs"] = {k: v for k, v in kw.items() if k != "device"}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    res["phase"] = "init"
-    t = time.perf_counter()
-    llm = LLM(spec["model_path"], **kw)
-    res["init_s"] = time.perf_counter() - t
+    llm = _timed_phase(res, "init", lambda: LLM(spec["model_path"], **kw))
     runner = llm.llm_engine.model_runner
-    res["attention_backend"] = getattr(getattr(runner, "backend", None), "name", None)
-    res["cuda_graph_status"] = getattr(
-        runner, "cuda_graph_status", "not reported (no ModelRunner.cuda_graph_status)")
+    res["attention_backend"] = runner.backend.name
+    res["cuda_graph_status"] = runner.cuda_graph_status
     res["num_kv_blocks"] = llm.llm_engine.kv_manager.num_blocks
     if device.type == "cuda":
         res["gpu_mem_after_init_gib"] = _gib(torch.cuda.memory_allocated())
-    res["phase"] = "warmup"
-    t = time.perf_counter()
-    warm = _folo_generate(llm, _warmup_requests(reqs, spec["tiny"]), stop_at, "warmup")
-    res["warmup_s"] = time.perf_counter() - t
+    warm = _timed_phase(res, "warmup", lambda: _folo_generate(
+        llm, _warmup_requests(reqs, spec["tiny"]), stop_at, "warmup"))
     if warm["status"] != "ok":
         res.update(status="partial", reason="the budget ran out during the warm-up",
                    output_tok_s=None)
@@ -307,18 +308,6 @@ def run_folo(cfg: dict, spec: dict, reqs, stop_at: float, res: dict) -> dict:
     return res
 
 
-class _Deadline:
-    """A transformers stopping criterion: stop every row once the clock passes stop_at."""
-
-    def __init__(self, stop_at: float):
-        self.stop_at, self.hit = stop_at, False
-
-    def __call__(self, input_ids, scores, **kwargs):
-        self.hit = self.hit or time.perf_counter() > self.stop_at
-        return torch.full((input_ids.shape[0],), self.hit, dtype=torch.bool,
-                          device=input_ids.device)
-
-
 def run_transformers(spec: dict, reqs, stop_at: float, res: dict) -> dict:
     """transformers generate in static batches of hf_batch, left-padded to the batch's
     longest prompt, run to its longest output; only each row's own tokens count."""
@@ -328,33 +317,27 @@ def run_transformers(spec: dict, reqs, stop_at: float, res: dict) -> dict:
 
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["engine_settings"]["dtype"])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    res["phase"] = "init"
-    t = time.perf_counter()
-    hf = HFRunner(spec["model_path"], device, dtype)
-    res["init_s"] = time.perf_counter() - t
+    hf = _timed_phase(res, "init", lambda: HFRunner(spec["model_path"], device, dtype))
     res["settings"] = hf.settings
-    deadline = type("Deadline", (_Deadline, StoppingCriteria), {})
 
-    def generate(batch, crit):
-        width = max(len(p) for p, _ in batch)
+    class Deadline(StoppingCriteria):
+        """Stop every row once the clock passes stop_at (a fresh one per generate)."""
+
+        hit = False
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.hit = self.hit or time.perf_counter() > stop_at
+            return torch.full((input_ids.shape[0],), self.hit, dtype=torch.bool,
+                              device=input_ids.device)
+
+    def generate(batch):
+        ids, mask = hf.left_padded([p for p, _ in batch])
         steps = max(n for _, n in batch)
-        ids = torch.tensor([[hf.pad_id] * (width - len(p)) + p for p, _ in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in batch],
-                            device=device)
-        with torch.inference_mode():
-            out = hf.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
-                                    min_new_tokens=steps, do_sample=False, temperature=None,
-                                    top_p=None, top_k=None, pad_token_id=hf.pad_id,
-                                    stopping_criteria=StoppingCriteriaList([crit]))
-        made = out.shape[1] - width
+        out = hf.generate(ids, mask, steps, stopping_criteria=StoppingCriteriaList([Deadline()]))
+        made = out.shape[1] - ids.shape[1]
         return sum(min(made, n) for _, n in batch), made == steps
 
-    res["phase"] = "warmup"
-    t = time.perf_counter()
-    generate([(p[:32], 4) for p, _ in reqs[:2]], deadline(stop_at))
-    res["warmup_s"] = time.perf_counter() - t
+    _timed_phase(res, "warmup", lambda: generate([(p[:32], 4) for p, _ in reqs[:2]]))
     res["phase"] = "run"
     batch_size = spec["hf_batch"]
     tokens, finished, stopped = 0, 0, False
@@ -362,8 +345,7 @@ def run_transformers(spec: dict, reqs, stop_at: float, res: dict) -> dict:
     t0 = time.perf_counter()
     for i in range(0, len(reqs), batch_size):
         batch = reqs[i:i + batch_size]
-        crit = deadline(stop_at)
-        made, complete = generate(batch, crit)
+        made, complete = generate(batch)
         tokens += made
         if not complete:
             stopped = True
@@ -375,10 +357,7 @@ def run_transformers(spec: dict, reqs, stop_at: float, res: dict) -> dict:
     synchronize(device)
     wall = time.perf_counter() - t0
     res.pop("phase")
-    res.update({"status": "partial" if stopped else "ok", "requests": len(reqs),
-                "finished_requests": finished, "output_tokens": tokens,
-                "expected_output_tokens": sum(n for _, n in reqs), "wall_s": wall,
-                "output_tok_s": tokens / wall if wall > 0 else None, "batch_size": batch_size,
+    res.update({**_outcome(reqs, stopped, finished, tokens, wall), "batch_size": batch_size,
                 "cuda_graph_status": "n/a (transformers generate)",
                 "attention_backend": hf.settings.get("attn_implementation")})
     res.update(_memory(device))
@@ -398,6 +377,8 @@ def run_config(spec: dict) -> dict:
     torch.manual_seed(0)
     res: dict = {}
     try:
+        if spec["device"] == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         if cfg["engine"] == "transformers":
             run_transformers(spec, reqs, stop_at, res)
         else:
@@ -469,29 +450,30 @@ def machine(device) -> dict:
     return info
 
 
-def precheck(cfg: dict) -> str | None:
-    """Why cfg cannot run here at all (its attention backend cannot), or None."""
+def why_not(name: str, cfg: dict, results: dict, device) -> tuple[str | None, str | None]:
+    """``(status, reason)`` when cfg is not to run: "unsupported" when its attention
+    backend cannot run here; "skipped" when a config of the same settings already failed,
+    or, on a CPU, when any run of its backend failed or ran out of time (the triton
+    interpreter is very slow). ``(None, None)`` otherwise."""
     if cfg["engine"] != "folo":
-        return None
+        return None, None
     from folo_edu.attention import unavailable_reason
 
-    return unavailable_reason(cfg["backend"])
-
-
-def blocked_by(name: str, cfg: dict, results: dict, device) -> str | None:
-    """Skip a config whose settings already failed; on a CPU, skip a backend once any of
-    its runs failed or ran out of time (the triton interpreter is very slow)."""
+    reason = unavailable_reason(cfg["backend"])
+    if reason:
+        return "unsupported", reason
     for other, r in results.items():
         o = CONFIGS.get(other, {})
-        if o.get("engine") != "folo" or cfg["engine"] != "folo" or o["backend"] != cfg["backend"]:
+        if o.get("engine") != "folo" or o["backend"] != cfg["backend"]:
             continue
         same = o["eager"] == cfg["eager"] and o.get("compile") == cfg.get("compile")
         if same and r["status"] in ("error", "killed"):
-            return f"{other} with the same settings failed: {r.get('error', r['status'])}"[:500]
+            return "skipped", (f"{other} with the same settings failed: "
+                               f"{r.get('error', r['status'])}")[:500]
         if device.type == "cpu" and r["status"] in ("error", "killed", "partial", "unsupported"):
-            return (f"{other} ({cfg['backend']} on CPU) was {r['status']}: "
-                    f"{r.get('reason') or r.get('error') or ''}")[:500]
-    return None
+            return "skipped", (f"{other} ({cfg['backend']} on CPU) was {r['status']}: "
+                               f"{r.get('reason') or r.get('error') or ''}")[:500]
+    return None, None
 
 
 def _time_to(progress, n):
@@ -564,7 +546,7 @@ def _on_term(signum, frame):
     raise _Terminated(f"signal {signum}")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="the JSON file to write (rewritten after every config)")
@@ -598,7 +580,110 @@ def main(argv=None) -> int:
                     help="print the hash of the sources (source.sources_sha256) and exit: "
                          "match a result from a machine without git history to a commit")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap, ap.parse_args(argv)
+
+
+def plan(ap, args) -> tuple[list[str], dict]:
+    """Fill the mode's defaults into args; return the config names in run order and the
+    --cap overrides. Bad names or caps end the program with a usage error."""
+    tiny = args.tiny
+    args.requests = args.requests or (6 if tiny else 256)
+    args.subset = min(args.subset or (3 if tiny else 64), args.requests)
+    args.small = min(args.small or (3 if tiny else 16), args.requests)
+    names = args.configs.split(",") if args.configs else (DEFAULT_TINY if tiny else DEFAULT_GPU)
+    names = [n.strip() for n in names if n.strip()]
+    caps = {}
+    for item in args.cap:
+        name, _, value = item.partition("=")
+        try:
+            caps[name] = float(value)
+        except ValueError:
+            ap.error(f"--cap {item!r}: expected NAME=SECONDS")
+    unknown = [n for n in [*names, *caps] if n not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
+    return names, caps
+
+
+def engine_settings(args, device) -> dict:
+    """The folo_edu engine settings every config shares."""
+    if args.kv_gib is not None:
+        kv_gib = args.kv_gib
+    elif args.tiny:
+        kv_gib = 1 / 64
+    else:  # 40 GiB (374k tokens: the 256 requests never preempt), or half a smaller GPU
+        kv_gib = min(40.0, 0.5 * torch.cuda.get_device_properties(0).total_memory / 2**30)
+    return {"dtype": "bfloat16" if device.type == "cuda" else "float32",
+            "max_model_len": 128 if args.tiny else 2048,
+            "max_num_seqs": args.requests if args.tiny else 256,
+            "max_num_batched_tokens": 512 if args.tiny else 16384,
+            "kv_cache_memory_bytes": int(kv_gib * 2**30)}
+
+
+def new_result(args, argv, settings: dict) -> dict:
+    """The JSON's skeleton, before any config has run."""
+    from folo_edu.bench.metrics import timestamp
+
+    return {
+        "benchmark": "scripts/gpu_bench.py: M4 matrix (attention backends, eager vs CUDA "
+                     "graphs, transformers) on nano-vllm's bench shape",
+        "created": timestamp(), "argv": sys.argv[1:] if argv is None else list(argv),
+        "mode": "tiny" if args.tiny else "qwen3-0.6b",
+        "machine": None, "source": source_info(),
+        "model": {"name": "tiny random Qwen3 (folo_edu.models.tiny)" if args.tiny
+                  else "Qwen3-0.6B config, random bf16 weights (nothing downloaded)",
+                  "spec": model_spec(args.tiny)},
+        "engine_settings": settings,
+        "timing": {"timed_runs_per_config": 1,
+                   "note": "ONE timed run per config, not a median: the GPU lease is 15 "
+                           "minutes. Each config warms up on short requests first.",
+                   "measure": "output tokens / wall seconds from the first add_request (or "
+                              "generate call) to the last token, device synchronized",
+                   "peak_memory_note": "peak_gpu_mem_gib includes the KV cache, which "
+                                       "folo_edu preallocates at kv_cache_memory_bytes"},
+        "deadline_s": args.deadline_s, "isolation": args.isolate,
+        "workloads": None, "configs": [], "results": {}, "skipped": [], "ratios": {},
+        "reference_points": REFERENCE_POINTS, "elapsed_s": None, "finished": False,
+    }
+
+
+def run_in_child(spec: dict, spec_path: Path, timeout: float) -> dict:
+    """run_config(spec) in a fresh Python process, killed after ``timeout`` seconds."""
+    spec_path.write_text(json.dumps(spec))
+    t = time.perf_counter()
+    # Its own process group (not session): killable as a group, and ended with everything
+    # else if this process dies.
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                              "--child", str(spec_path)], **group)
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "killed", "error": f"still running {timeout:.0f} s after its start "
+                "(a hang, or one engine step longer than the rest of its budget); killed",
+                "process_s": time.perf_counter() - t}
+    finally:  # a timeout, or this process interrupted while it waits
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    rp = Path(spec["result_path"])
+    return json.loads(rp.read_text()) if rp.is_file() else {
+        "status": "error", "error": f"the child process exited with code {child.returncode} "
+        "and wrote no result (a crash?)"}
+
+
+def _summary(res: dict) -> str:
+    tok_s = res.get("output_tok_s")
+    return (res["status"]
+            + (f", {tok_s:,.1f} output tok/s ({res['output_tokens']} tokens in "
+               f"{res['wall_s']:.1f} s; init {res.get('init_s', 0):.1f} s, warm-up "
+               f"{res.get('warmup_s', 0):.1f} s)" if tok_s else "")
+            + (f"; graphs: {res['cuda_graph_status']}" if res.get("cuda_graph_status") else "")
+            + (f"; {res.get('error') or res.get('reason')}" if res["status"] != "ok" else ""))
+
+
+def main(argv=None) -> int:
+    ap, args = parse_args(argv)
     if args.sources_hash:
         print(source_info()["sources_sha256"])
         return 0
@@ -614,64 +699,16 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     from folo_edu.bench.machine import resolve_bench_device
-    from folo_edu.bench.metrics import timestamp
 
     device = resolve_bench_device(args.device)
     if device.type == "cpu" and not args.tiny:
         ap.error("the Qwen3-0.6B shape on a CPU would take hours: use --tiny on a CPU")
     tiny = args.tiny
-    args.requests = args.requests or (6 if tiny else 256)
-    args.subset = min(args.subset or (3 if tiny else 64), args.requests)
-    args.small = min(args.small or (3 if tiny else 16), args.requests)
-    names = (args.configs.split(",") if args.configs else (DEFAULT_TINY if tiny else DEFAULT_GPU))
-    names = [n.strip() for n in names if n.strip()]
-    caps = {}
-    for item in args.cap:
-        name, _, value = item.partition("=")
-        try:
-            caps[name] = float(value)
-        except ValueError:
-            ap.error(f"--cap {item!r}: expected NAME=SECONDS")
-    unknown = [n for n in [*names, *caps] if n not in CONFIGS]
-    if unknown:
-        ap.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
-    on_gpu = device.type == "cuda"
-    if args.kv_gib is not None:
-        kv_gib = args.kv_gib
-    elif tiny:
-        kv_gib = 1 / 64
-    else:  # 40 GiB (374k tokens: the 256 requests never preempt), or half a smaller GPU
-        kv_gib = min(40.0, 0.5 * torch.cuda.get_device_properties(0).total_memory / 2**30)
-    engine_settings = {
-        "dtype": "bfloat16" if on_gpu else "float32",
-        "max_model_len": 128 if tiny else 2048,
-        "max_num_seqs": args.requests if tiny else 256,
-        "max_num_batched_tokens": 512 if tiny else 16384,
-        "kv_cache_memory_bytes": int(kv_gib * 2**30),
-    }
+    names, caps = plan(ap, args)
+    settings = engine_settings(args, device)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    result: dict = {
-        "benchmark": "scripts/gpu_bench.py: M4 matrix (attention backends, eager vs CUDA "
-                     "graphs, transformers) on nano-vllm's bench shape",
-        "created": timestamp(), "argv": sys.argv[1:] if argv is None else list(argv),
-        "mode": "tiny" if tiny else "qwen3-0.6b",
-        "machine": None, "source": source_info(),
-        "model": {"name": "tiny random Qwen3 (folo_edu.models.tiny)" if tiny
-                  else "Qwen3-0.6B config, random bf16 weights (nothing downloaded)",
-                  "spec": model_spec(tiny)},
-        "engine_settings": engine_settings,
-        "timing": {"timed_runs_per_config": 1,
-                   "note": "ONE timed run per config, not a median: the GPU lease is 15 "
-                           "minutes. Each config warms up on short requests first.",
-                   "measure": "output tokens / wall seconds from the first add_request (or "
-                              "generate call) to the last token, device synchronized",
-                   "peak_memory_note": "peak_gpu_mem_gib includes the KV cache, which "
-                                       "folo_edu preallocates at kv_cache_memory_bytes"},
-        "deadline_s": args.deadline_s, "isolation": args.isolate,
-        "workloads": None, "configs": [], "results": {}, "skipped": [], "ratios": {},
-        "reference_points": REFERENCE_POINTS, "elapsed_s": None, "finished": False,
-    }
+    result = new_result(args, argv, settings)
 
     def save():
         result["elapsed_s"] = round(time.perf_counter() - t_start, 1)
@@ -682,7 +719,7 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, _on_term)
     workdir = Path(tempfile.mkdtemp(prefix="folo_gpu_bench_"))
-    child = None
+    grace = GRACE_S if args.isolate == "process" else 0.0
     try:
         result["machine"] = machine(device)
         model_dir = Path(args.model_dir) if args.model_dir else workdir / "model"
@@ -693,82 +730,44 @@ def main(argv=None) -> int:
         workload_path.write_text(json.dumps({"requests": wl["requests"]}))
         save()
         deadline = t_start + args.deadline_s
-        for name in names:
+        for k, name in enumerate(names, start=1):
             cfg = CONFIGS[name]
             cap = caps.get(name, TINY_CAP_S if tiny else cfg["cap_s"])
             result["configs"].append({"name": name, **cfg, "cap_s": cap})
             left = deadline - time.perf_counter()
-            reason = precheck(cfg)
-            status = "unsupported" if reason else None
-            if not reason:
-                reason = blocked_by(name, cfg, result["results"], device)
-                status = "skipped" if reason else None
-            grace = GRACE_S if args.isolate == "process" else 0.0
+            status, reason = why_not(name, cfg, result["results"], device)
             if not reason and left - grace < (MIN_START_S if not tiny else 3.0):
                 status, reason = "skipped", (f"deadline: {left:.0f} s left of "
                                              f"--deadline-s {args.deadline_s:.0f}")
             if reason:
                 result["results"][name] = {"status": status, "reason": reason}
-                if status == "skipped":
-                    result["skipped"].append(name)
+                result["skipped"] += [name] if status == "skipped" else []
                 log(f"{name}: {status}: {reason}")
                 save()
                 continue
             budget = min(cap, left - grace)
             spec = {"config": cfg, "name": name, "model_path": str(model_dir),
                     "workload_path": str(workload_path), "device": device.type,
-                    "tiny": tiny, "engine_settings": engine_settings,
+                    "tiny": tiny, "engine_settings": settings,
                     "hf_batch": args.hf_batch, "budget_s": budget,
-                    "result_path": str(workdir / f"result_{len(result['configs'])}.json")}
+                    "result_path": str(workdir / f"result_{k}.json")}
             log(f"{name}: start (budget {budget:.0f} s, {left:.0f} s left)")
             spec["hard_end_at"] = time.time() + budget + grace
             if args.isolate == "none":
                 res = run_config(spec)
                 gc.collect()
-                if on_gpu:
+                if device.type == "cuda":
                     torch.cuda.empty_cache()
             else:
-                spec_path = workdir / f"spec_{len(result['configs'])}.json"
-                spec_path.write_text(json.dumps(spec))
-                t = time.perf_counter()
-                # Its own process group (not session): killable as a group, and ended
-                # with everything else if this process dies.
-                group = ({"process_group": 0} if sys.version_info >= (3, 11)
-                         else {"preexec_fn": os.setpgrp})
-                child = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
-                                          "--child", str(spec_path)], **group)
-                try:
-                    child.wait(timeout=budget + grace + 5)
-                    rp = Path(spec["result_path"])
-                    res = (json.loads(rp.read_text()) if rp.is_file() else
-                           {"status": "error", "error": f"the child process exited with code "
-                            f"{child.returncode} and wrote no result (a crash?)"})
-                except subprocess.TimeoutExpired:
-                    os.killpg(child.pid, signal.SIGKILL)
-                    child.wait()
-                    res = {"status": "killed", "error": f"still running {budget + grace + 5:.0f} s "
-                           "after its start (a hang, or one engine step longer than the rest "
-                           "of its budget); killed", "process_s": time.perf_counter() - t}
-                child = None
+                res = run_in_child(spec, workdir / f"spec_{k}.json", budget + grace + 5)
             result["results"][name] = res
-            tok_s = res.get("output_tok_s")
-            log(f"{name}: {res['status']}"
-                + (f", {tok_s:,.1f} output tok/s ({res['output_tokens']} tokens in "
-                   f"{res['wall_s']:.1f} s; init {res.get('init_s', 0):.1f} s, warm-up "
-                   f"{res.get('warmup_s', 0):.1f} s)" if tok_s else "")
-                + (f"; graphs: {res['cuda_graph_status']}" if res.get("cuda_graph_status")
-                   else "")
-                + (f"; {res.get('error') or res.get('reason')}"
-                   if res["status"] != "ok" else ""))
+            log(f"{name}: {_summary(res)}")
             save()
         result["finished"] = True
     except (_Terminated, KeyboardInterrupt) as e:
         result["interrupted"] = str(e) or type(e).__name__
         log(f"interrupted ({result['interrupted']}): writing what there is")
     finally:
-        if child is not None and child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
         save()
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(result)

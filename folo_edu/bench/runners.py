@@ -163,12 +163,21 @@ class HFRunner:
                          "pad_token_id": self.pad_id, "num_parameters": self.num_parameters}
 
     @torch.inference_mode()
-    def _generate(self, input_ids, attention_mask, n: int, streamer=None):
+    def generate(self, input_ids, attention_mask, n: int, streamer=None,
+                 stopping_criteria=None):
+        """Greedy ``generate`` of exactly ``n`` new tokens per row."""
         return self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=n,
             min_new_tokens=n,  # EOS is suppressed until n tokens: every row yields exactly n
             do_sample=False, temperature=None, top_p=None, top_k=None,
-            pad_token_id=self.pad_id, streamer=streamer)
+            pad_token_id=self.pad_id, streamer=streamer, stopping_criteria=stopping_criteria)
+
+    def left_padded(self, prompts: list[list[int]]):
+        """``(input_ids, attention_mask)`` of prompts left-padded to the longest one."""
+        width = max(len(p) for p in prompts)
+        ids = [[self.pad_id] * (width - len(p)) + list(p) for p in prompts]
+        mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+        return (torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device))
 
     def _one(self, req: BenchRequest):
         ids = torch.tensor([req.prompt_token_ids], device=self.device)
@@ -180,7 +189,7 @@ class HFRunner:
         ids, mask = self._one(req)
         synchronize(self.device)
         c0, t0 = time.process_time(), time.perf_counter()
-        self._generate(ids, mask, 1)
+        self.generate(ids, mask, 1)
         synchronize(self.device)
         return time.perf_counter() - t0, time.process_time() - c0
 
@@ -190,7 +199,7 @@ class HFRunner:
         streamer = _TimingStreamer()
         synchronize(self.device)
         c0, t0 = time.process_time(), time.perf_counter()
-        out = self._generate(ids, mask, req.max_tokens, streamer)
+        out = self.generate(ids, mask, req.max_tokens, streamer)
         synchronize(self.device)
         total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
         tokens = out[0, ids.shape[1]:].tolist()
@@ -205,13 +214,10 @@ class HFRunner:
         longest output; each row keeps only the first max_tokens of its tokens."""
         width = max(r.prompt_len for r in reqs)
         steps = max(r.max_tokens for r in reqs)
-        ids = torch.tensor([[self.pad_id] * (width - r.prompt_len) + r.prompt_token_ids
-                            for r in reqs], device=self.device)
-        mask = torch.tensor([[0] * (width - r.prompt_len) + [1] * r.prompt_len for r in reqs],
-                            device=self.device)
+        ids, mask = self.left_padded([r.prompt_token_ids for r in reqs])
         synchronize(self.device)
         c0, t0 = time.process_time(), time.perf_counter()
-        out = self._generate(ids, mask, steps)
+        out = self.generate(ids, mask, steps)
         synchronize(self.device)
         wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
         gen = out[:, width:].tolist()

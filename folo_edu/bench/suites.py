@@ -80,6 +80,22 @@ def _peak(cfg, device, dtype) -> dict:
     return matmul_peak(device, dtype, cfg.matmul_n, cfg.matmul_repeats)
 
 
+def _peak_used(before: dict, after: dict) -> tuple[float, dict]:
+    """The FLOP/s MFU divides by (the median of every run before and after the
+    benchmark), and the result's "matmul_peak" entry."""
+    peak = median(before["gflops_runs"] + after["gflops_runs"]) * 1e9
+    return peak, {"before": before, "after": after, "gflops_used": round(peak / 1e9, 2)}
+
+
+def _goal(goal: str, value, threshold: float) -> dict:
+    return {"goal": goal, "ratio": value, "met": (value or 0) >= threshold}
+
+
+def _print_goals(res: dict) -> None:
+    for g in res["goals"]:
+        print(f"{g['goal']}: ratio {g['ratio']:.2f} -> {'MET' if g['met'] else 'NOT MET'}")
+
+
 def _header(name: str, cfg: BenchConfig, device, path: str, folo, hf, reqs) -> dict:
     return {"benchmark": name, "timestamp": timestamp(), "source": source_version(),
             "machine": machine_info(device),
@@ -144,8 +160,7 @@ def run_single(cfg: BenchConfig) -> dict:
             print(f"  repeat {rep} prompt {req.prompt_len:4d} tok: "
                   f"folo {rec['folo_edu']['decode_tok_s']:.1f} tok/s, "
                   f"hf {rec['transformers']['decode_tok_s']:.1f} tok/s", flush=True)
-    peak_after = _peak(cfg, device, dtype)
-    peak = median(peak_before["gflops_runs"] + peak_after["gflops_runs"]) * 1e9
+    peak, peak_entry = _peak_used(peak_before, _peak(cfg, device, dtype))
 
     def med(side, key, prompt=None):
         return median(r[side][key] for r in runs if prompt is None or r["prompt"] == prompt)
@@ -191,12 +206,10 @@ def run_single(cfg: BenchConfig) -> dict:
                         "steadier when other processes share the cores (CPU only)",
             "mfu": MFU_NOTE + "; here at batch size 1 decode",
         },
-        "matmul_peak": {"before": peak_before, "after": peak_after,
-                        "gflops_used": round(peak / 1e9, 2)},
+        "matmul_peak": peak_entry,
         "runs": runs, "per_prompt": per_prompt, "overall": overall,
-        "goals": [{"goal": "M1: folo_edu single-request decode tok/s >= transformers",
-                   "ratio": overall["decode_ratio_folo_over_hf"],
-                   "met": (overall["decode_ratio_folo_over_hf"] or 0) >= 1.0}],
+        "goals": [_goal("M1: folo_edu single-request decode tok/s >= transformers",
+                        overall["decode_ratio_folo_over_hf"], 1.0)],
         "load_average_at_end": load_average(),
         "bench_wall_s": time.perf_counter() - t_start,
     })
@@ -229,8 +242,7 @@ def _print_single(res: dict) -> None:
     print(f"decode MFU: folo_edu {o['folo_edu']['decode_mfu']:.2%}, transformers "
           f"{o['transformers']['decode_mfu']:.2%} of {res['matmul_peak']['gflops_used']} "
           "GFLOP/s (torch.mm peak)")
-    for g in res["goals"]:
-        print(f"{g['goal']}: ratio {g['ratio']:.2f} -> {'MET' if g['met'] else 'NOT MET'}")
+    _print_goals(res)
 
 
 # ---- M2: offline batch -----------------------------------------------------------------
@@ -239,6 +251,62 @@ def _evenly(n_total: int, k: int | None) -> list[int]:
     if k is None or k >= n_total:
         return list(range(n_total))
     return sorted({round(i * (n_total - 1) / max(k - 1, 1)) for i in range(k)})
+
+
+def _rates(useful: int, wall: float, cpu_s: float, total_out: int) -> dict:
+    """Tokens/s of a timed sample, and the wall time all ``total_out`` tokens would take."""
+    return {"wall_s_timed": wall, "cpu_s_timed": cpu_s, "output_tok_s_cpu": useful / cpu_s,
+            "output_tok_s": useful / wall, "wall_s_all": total_out / (useful / wall)}
+
+
+def _folo_batch(folo, reqs) -> dict:
+    run = folo.run_batch(reqs)
+    for r, toks in zip(reqs, run["token_ids"]):
+        if len(toks) != r.max_tokens:
+            raise RuntimeError(f"folo_edu produced {len(toks)} tokens; expected {r.max_tokens}")
+    run["output_tok_s"] = run["output_tokens"] / run["wall_s"]
+    run["output_tok_s_cpu"] = run["output_tokens"] / run["cpu_s"]
+    return run
+
+
+def _hf_static(hf, batches, idx, total_out) -> tuple[dict, list]:
+    """The static batches ``idx`` of ``batches``: their record, and their token ids."""
+    runs = [hf.run_static_batch(batches[i]) for i in idx]
+    tokens = {k: sum(s[k] for s in runs) for k in (
+        "useful_output_tokens", "computed_output_tokens", "useful_prompt_tokens",
+        "computed_prompt_tokens")}
+    rec = {"batches_run": idx, **_rates(tokens["useful_output_tokens"],
+                                        sum(s["wall_s"] for s in runs),
+                                        sum(s["cpu_s"] for s in runs), total_out),
+           **tokens, "batches": [_strip(s) for s in runs]}
+    return rec, [t for s in runs for t in s["token_ids"]]
+
+
+def _hf_single(hf, reqs, idx, total_out) -> tuple[dict, list]:
+    """Requests ``idx`` one at a time: their record, and their token ids."""
+    runs = [hf.run_one(reqs[i]) for i in idx]
+    useful = sum(o["num_tokens"] for o in runs)
+    rec = {"requests_run": idx, **_rates(useful, sum(o["total_s"] for o in runs),
+                                         sum(o["total_cpu_s"] for o in runs), total_out),
+           "output_tokens": useful,
+           "requests": [{"index": i, "prompt_len": reqs[i].prompt_len, **_strip(o)}
+                        for i, o in zip(idx, runs)]}
+    return rec, [o["token_ids"] for o in runs]
+
+
+def _side(runs, wall_key: str, measured: bool, forward_tokens, walls, n_params, peak,
+          **extra) -> dict:
+    """One engine's entry of the results: medians over the repeats, MFU and HFU.
+
+    HFU (hardware FLOP utilization) counts every token run forward (prompts and padding
+    included; the last sampled token of a request is never fed back) per second.
+    """
+    tps = median(r["output_tok_s"] for r in runs)
+    return {"output_tok_s": tps, "wall_s": median(r[wall_key] for r in runs),
+            "wall_s_measured": measured, "mfu": mfu(n_params, tps, peak), **extra,
+            "runs": runs, "output_tok_s_cpu": median(r["output_tok_s_cpu"] for r in runs),
+            "forward_tokens_timed": forward_tokens[-1],
+            "hfu": median(mfu(n_params, f / w, peak) for f, w in zip(forward_tokens, walls))}
 
 
 def run_offline(cfg: BenchConfig) -> dict:
@@ -265,104 +333,57 @@ def run_offline(cfg: BenchConfig) -> dict:
     hf.run_one(warm[0])
 
     folo_runs, static_runs, single_runs = [], [], []
-    folo_tokens = static_tokens = single_tokens = None
     for rep in range(repeats):
         print(f"  repeat {rep}: folo_edu, {len(reqs)} requests at once ...", flush=True)
-        run = folo.run_batch(reqs)
-        for r, toks in zip(reqs, run["token_ids"]):
-            if len(toks) != r.max_tokens:
-                raise RuntimeError(f"folo_edu produced {len(toks)} tokens; expected {r.max_tokens}")
+        run = _folo_batch(folo, reqs)
         folo_tokens = run["token_ids"]
-        run["output_tok_s"] = run["output_tokens"] / run["wall_s"]
-        run["output_tok_s_cpu"] = run["output_tokens"] / run["cpu_s"]
         print(f"    {run['output_tok_s']:.1f} tok/s, {run['wall_s']:.1f} s", flush=True)
         folo_runs.append(_strip(run))
-
         print(f"  repeat {rep}: transformers static batches of {B} "
               f"({len(static_idx)} of {len(batches)}) ...", flush=True)
-        sruns = [hf.run_static_batch(batches[i]) for i in static_idx]
-        static_tokens = [t for s in sruns for t in s["token_ids"]]
-        useful = sum(s["useful_output_tokens"] for s in sruns)
-        wall = sum(s["wall_s"] for s in sruns)
-        cpu_s = sum(s["cpu_s"] for s in sruns)
-        srec = {"batches_run": static_idx, "wall_s_timed": wall, "cpu_s_timed": cpu_s,
-                "output_tok_s_cpu": useful / cpu_s, "useful_output_tokens": useful,
-                "computed_output_tokens": sum(s["computed_output_tokens"] for s in sruns),
-                "useful_prompt_tokens": sum(s["useful_prompt_tokens"] for s in sruns),
-                "computed_prompt_tokens": sum(s["computed_prompt_tokens"] for s in sruns),
-                "output_tok_s": useful / wall, "batches": [_strip(s) for s in sruns]}
-        srec["wall_s_all"] = total_out / srec["output_tok_s"]
+        srec, static_tokens = _hf_static(hf, batches, static_idx, total_out)
         print(f"    {srec['output_tok_s']:.1f} tok/s", flush=True)
         static_runs.append(srec)
-
         print(f"  repeat {rep}: transformers one request at a time "
               f"({len(single_idx)} of {len(reqs)}) ...", flush=True)
-        oruns = [hf.run_one(reqs[i]) for i in single_idx]
-        single_tokens = [o["token_ids"] for o in oruns]
-        useful = sum(o["num_tokens"] for o in oruns)
-        wall = sum(o["total_s"] for o in oruns)
-        cpu_s = sum(o["total_cpu_s"] for o in oruns)
-        orec = {"requests_run": single_idx, "wall_s_timed": wall, "cpu_s_timed": cpu_s,
-                "output_tok_s_cpu": useful / cpu_s, "output_tokens": useful,
-                "output_tok_s": useful / wall, "wall_s_all": total_out / (useful / wall),
-                "requests": [{"index": i, "prompt_len": reqs[i].prompt_len, **_strip(o)}
-                             for i, o in zip(single_idx, oruns)]}
+        orec, single_tokens = _hf_single(hf, reqs, single_idx, total_out)
         print(f"    {orec['output_tok_s']:.1f} tok/s", flush=True)
         single_runs.append(orec)
-    peak_after = _peak(cfg, device, dtype)
-    peak = median(peak_before["gflops_runs"] + peak_after["gflops_runs"]) * 1e9
+    peak, peak_entry = _peak_used(peak_before, _peak(cfg, device, dtype))
 
     n_params = hf.num_parameters
-    f_tps = median(r["output_tok_s"] for r in folo_runs)
-    s_tps = median(r["output_tok_s"] for r in static_runs)
-    o_tps = median(r["output_tok_s"] for r in single_runs)
     s0 = static_runs[-1]
-    static_reqs = [r for i in static_idx for r in batches[i]]
-    idx_of = {id(r): k for k, r in enumerate(reqs)}
-    sides = {
-        "folo_edu_continuous": {
-            "output_tok_s": f_tps, "wall_s": median(r["wall_s"] for r in folo_runs),
-            "wall_s_measured": True, "mfu": mfu(n_params, f_tps, peak),
-            "ttft_s": summary(t for r in folo_runs for t in r["ttft_s"]),
-            "latency_s": summary(t for r in folo_runs for t in r["latency_s"]),
-            "num_preemptions": sum(r["num_preemptions"] for r in folo_runs),
-            "runs": folo_runs},
-        "hf_static_batches": {
-            "output_tok_s": s_tps, "wall_s": median(r["wall_s_all"] for r in static_runs),
-            "wall_s_measured": len(static_idx) == len(batches),
-            "mfu": mfu(n_params, s_tps, peak), "batch_size": B,
-            "padding_waste": {
-                "output_tokens": 1 - s0["useful_output_tokens"] / s0["computed_output_tokens"],
-                "prompt_tokens": 1 - s0["useful_prompt_tokens"] / s0["computed_prompt_tokens"]},
-            "runs": static_runs},
-        "hf_one_at_a_time": {
-            "output_tok_s": o_tps, "wall_s": median(r["wall_s_all"] for r in single_runs),
-            "wall_s_measured": len(single_idx) == len(reqs), "mfu": mfu(n_params, o_tps, peak),
-            "runs": single_runs},
-    }
-    for key, runs_ in (("folo_edu_continuous", folo_runs), ("hf_static_batches", static_runs),
-                       ("hf_one_at_a_time", single_runs)):
-        sides[key]["output_tok_s_cpu"] = median(r["output_tok_s_cpu"] for r in runs_)
-    f_cpu, s_cpu, o_cpu = (sides[k]["output_tok_s_cpu"] for k in
-                           ("folo_edu_continuous", "hf_static_batches", "hf_one_at_a_time"))
-    # Hardware FLOP utilization: every token the model ran forward (prompts and padding
-    # included; the last sampled token of a request is never fed back), per second.
     fwd_folo = sum(r.prompt_len + r.max_tokens - 1 for r in reqs)
-    fwd_static = [sum(b["computed_prompt_tokens"] + b["computed_output_tokens"]
-                      - b["batch_size"] for b in r["batches"]) for r in static_runs]
-    fwd_single = [sum(x["prompt_len"] + x["num_tokens"] - 1 for x in r["requests"])
-                  for r in single_runs]
-    for key, fwd, walls in (
-            ("folo_edu_continuous", [fwd_folo] * len(folo_runs), [r["wall_s"] for r in folo_runs]),
-            ("hf_static_batches", fwd_static, [r["wall_s_timed"] for r in static_runs]),
-            ("hf_one_at_a_time", fwd_single, [r["wall_s_timed"] for r in single_runs])):
-        sides[key]["forward_tokens_timed"] = fwd[-1]
-        sides[key]["hfu"] = median(mfu(n_params, f / w, peak) for f, w in zip(fwd, walls))
+    sides = {
+        "folo_edu_continuous": _side(
+            folo_runs, "wall_s", True, [fwd_folo] * len(folo_runs),
+            [r["wall_s"] for r in folo_runs], n_params, peak,
+            ttft_s=summary(t for r in folo_runs for t in r["ttft_s"]),
+            latency_s=summary(t for r in folo_runs for t in r["latency_s"]),
+            num_preemptions=sum(r["num_preemptions"] for r in folo_runs)),
+        "hf_static_batches": _side(
+            static_runs, "wall_s_all", len(static_idx) == len(batches),
+            [sum(b["computed_prompt_tokens"] + b["computed_output_tokens"] - b["batch_size"]
+                 for b in r["batches"]) for r in static_runs],
+            [r["wall_s_timed"] for r in static_runs], n_params, peak, batch_size=B,
+            padding_waste={
+                "output_tokens": 1 - s0["useful_output_tokens"] / s0["computed_output_tokens"],
+                "prompt_tokens": 1 - s0["useful_prompt_tokens"] / s0["computed_prompt_tokens"]}),
+        "hf_one_at_a_time": _side(
+            single_runs, "wall_s_all", len(single_idx) == len(reqs),
+            [sum(x["prompt_len"] + x["num_tokens"] - 1 for x in r["requests"])
+             for r in single_runs],
+            [r["wall_s_timed"] for r in single_runs], n_params, peak),
+    }
+    (f_tps, f_cpu), (s_tps, s_cpu), (o_tps, o_cpu) = (
+        (v["output_tok_s"], v["output_tok_s_cpu"]) for v in sides.values())
     ratios = {"folo_over_hf_static": ratio(f_tps, s_tps),
               "folo_over_hf_one_at_a_time": ratio(f_tps, o_tps),
               "hf_static_over_hf_one_at_a_time": ratio(s_tps, o_tps),
               "folo_over_hf_static_cpu_time": ratio(f_cpu, s_cpu),
               "folo_over_hf_one_at_a_time_cpu_time": ratio(f_cpu, o_cpu)}
+    idx_of = {id(r): k for k, r in enumerate(reqs)}
+    static_reqs = [r for i in static_idx for r in batches[i]]
     result.update({
         "method": {
             "output_tok_s": "useful output tokens (each request's max_tokens) / wall time",
@@ -383,21 +404,17 @@ def run_offline(cfg: BenchConfig) -> dict:
             "cpu_time": "output_tok_s_cpu = tokens / process CPU seconds: steadier when other "
                         "processes share the cores (CPU only)",
         },
-        "matmul_peak": {"before": peak_before, "after": peak_after,
-                        "gflops_used": round(peak / 1e9, 2)},
-        "results": sides, "ratios": ratios,
+        "matmul_peak": peak_entry, "results": sides, "ratios": ratios,
         "agreement": {
             "folo_vs_hf_static": agreement([folo_tokens[idx_of[id(r)]] for r in static_reqs],
                                            static_tokens),
             "folo_vs_hf_one_at_a_time": agreement([folo_tokens[i] for i in single_idx],
                                                   single_tokens)},
         "goals": [
-            {"goal": "M2: folo_edu offline tok/s >= 3x transformers static batching",
-             "ratio": ratios["folo_over_hf_static"],
-             "met": (ratios["folo_over_hf_static"] or 0) >= 3.0},
-            {"goal": "M2: folo_edu offline tok/s >= 10x transformers one at a time",
-             "ratio": ratios["folo_over_hf_one_at_a_time"],
-             "met": (ratios["folo_over_hf_one_at_a_time"] or 0) >= 10.0}],
+            _goal("M2: folo_edu offline tok/s >= 3x transformers static batching",
+                  ratios["folo_over_hf_static"], 3.0),
+            _goal("M2: folo_edu offline tok/s >= 10x transformers one at a time",
+                  ratios["folo_over_hf_one_at_a_time"], 10.0)],
         "load_average_at_end": load_average(),
         "bench_wall_s": time.perf_counter() - t_start,
     })
@@ -427,8 +444,7 @@ def _print_offline(res: dict) -> None:
           f"{pw['prompt_tokens']:.1%} of prompt slots; matmul peak "
           f"{res['matmul_peak']['gflops_used']} GFLOP/s; folo_edu preemptions "
           f"{r['folo_edu_continuous']['num_preemptions']}")
-    for g in res["goals"]:
-        print(f"{g['goal']}: ratio {g['ratio']:.2f} -> {'MET' if g['met'] else 'NOT MET'}")
+    _print_goals(res)
 
 
 def run(cfg: BenchConfig) -> dict:
