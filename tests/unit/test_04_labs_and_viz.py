@@ -1,8 +1,9 @@
 """M2: the batching arithmetic and drivers in folo_edu.viz.batching, and the checks in
 folo_edu.labs.m2_batching.
 
-The key test replays the scheduler's rule on lengths alone (simulate_continuous) and
-asserts it predicts the real engine's schedule, step for step.
+The key test runs the real scheduler with a fake model on lengths alone
+(simulate_continuous, no tensors) and asserts it predicts the real engine's schedule,
+step for step.
 """
 from __future__ import annotations
 
