@@ -1,12 +1,106 @@
-"""The ``folo-edu`` command: download | generate | chat | bench."""
+"""The folo-edu command: download | generate | chat | bench.
+
+Every flag is checked before anything slow happens (importing the engine, loading the
+model, running a benchmark), and a bad one ends the command with one line naming the
+flag, the value and what is expected, and exit code 2. Ctrl-C ends it with code 130.
+"""
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
+import time
 
-from folo_edu.config import ATTENTION_BACKENDS
+DESCRIPTION = ("An educational vLLM-style inference engine. Commands: download (fetch the "
+               "default model), generate (complete a prompt), chat (talk on stdin/stdout), "
+               "bench (time folo_edu against transformers).")
+EPILOG = "Each command has its own flags: folo-edu COMMAND --help."
+
+EXIT_USAGE = 2  # a bad flag or value (argparse's code too)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
+class UsageError(Exception):
+    """A caller's mistake: printed as one line, exit code 2."""
+
+
+class _Console:
+    """stdout for generated text; remembers whether the cursor is mid-line, so that an
+    error or Ctrl-C that follows streamed text starts on a line of its own."""
+
+    def __init__(self):
+        self.mid_line = False
+
+    def write(self, text: str) -> None:
+        if text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            self.mid_line = not text.endswith("\n")
+
+    def end_line(self) -> None:
+        if self.mid_line:
+            self.write("\n")
+
+
+_console = _Console()
+
+
+# ---- checking flags before anything loads ---------------------------------------------
+# dest -> (test, what is expected). Flags whose default is None skip the test when unset.
+_CHECKS = {
+    "max_tokens": (lambda v: v >= 1, "an int >= 1"),
+    "temperature": (lambda v: 0 <= v < math.inf, "a float >= 0 (0 means greedy)"),
+    "top_p": (lambda v: 0 < v <= 1, "a float in (0, 1]"),
+    "max_model_len": (lambda v: v >= 1, "an int >= 1"),
+    "seed": (lambda v: v >= 0, "an int >= 0"),
+    "threads": (lambda v: v >= 1, "an int >= 1"),
+    "repeats": (lambda v: v >= 1, "an int >= 1"),
+    "num_prompts": (lambda v: v >= 1, "an int >= 1"),
+    "new_tokens": (lambda v: v >= 1, "an int >= 1"),
+    "num_requests": (lambda v: v >= 1, "an int >= 1"),
+    "min_len": (lambda v: v >= 1, "an int >= 1"),
+    "max_len": (lambda v: v >= 1, "an int >= 1"),
+    "max_num_seqs": (lambda v: v >= 1, "an int >= 1"),
+    "hf_batch_size": (lambda v: v >= 1, "an int >= 1"),
+    "hf_static_sample": (lambda v: v >= 1, "an int >= 1"),
+    "hf_single_sample": (lambda v: v >= 0, "an int >= 0 (0: all of them)"),
+}
+
+
+def _flag(parser: argparse.ArgumentParser, dest: str) -> str:
+    """The option string (--max-tokens) of a parsed attribute (max_tokens)."""
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
+            return action.option_strings[-1]
+    return "--" + dest.replace("_", "-")
+
+
+def check_args(args, parser: argparse.ArgumentParser) -> None:
+    """Raise UsageError naming the flag for the first value out of range."""
+    for dest, (ok, expected) in _CHECKS.items():
+        value = getattr(args, dest, None)
+        if value is not None and not ok(value):
+            raise UsageError(f"{_flag(parser, dest)}={value}: expected {expected}")
+    if getattr(args, "min_len", None) is not None and args.min_len > args.max_len:
+        raise UsageError(f"--min-len={args.min_len}: expected <= --max-len={args.max_len}")
+
+
+def _library_error_to_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """'SamplingParams.top_p=1.5: expected ...' -> '--top-p=1.5: expected ...', and a bare
+    'max_model_len' -> '--max-model-len', for the fields that are this command's flags."""
+    dests = {a.dest for a in parser._actions if a.option_strings}
+
+    def flag(m: re.Match) -> str:
+        return f"{_flag(parser, m.group(1))}=" if m.group(1) in dests else m.group(0)
+
+    message = re.sub(r"\b[A-Z]\w*\.(\w+)=", flag, message)
+    for dest in sorted(d for d in dests if "_" in d):  # max_model_len -> --max-model-len
+        message = re.sub(rf"(?<![\w.-]){dest}\b", _flag(parser, dest), message)
+    return message
+
+
+# ---- the commands -----------------------------------------------------------------------
 def _cmd_download(args) -> int:
     from folo_edu.models.default_model import download_model
 
@@ -14,23 +108,29 @@ def _cmd_download(args) -> int:
     return 0
 
 
-def _make_llm_and_params(args):
-    from folo_edu import LLM, SamplingParams
+def _sampling_params(args):
+    from folo_edu import SamplingParams
 
-    llm = LLM(args.model, max_model_len=args.max_model_len, seed=args.seed,
-              attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
-              torch_compile=args.torch_compile)
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p,
-                            max_tokens=args.max_tokens, seed=args.seed)
-    return llm, params
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p,
+                          max_tokens=args.max_tokens, seed=args.seed)
+
+
+def _load_llm(args):
+    """The slow part: find (maybe convert) the checkpoint and load the weights."""
+    from folo_edu import LLM
+
+    return LLM(args.model, max_model_len=args.max_model_len, seed=args.seed,
+               attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+               torch_compile=args.torch_compile)
 
 
 def _cmd_generate(args) -> int:
-    llm, params = _make_llm_and_params(args)
-    print(args.prompt, end="", flush=True)
+    params = _sampling_params(args)  # bad values fail here, before the model loads
+    llm = _load_llm(args)
+    _console.write(args.prompt)
     for piece in llm.stream(args.prompt, params):
-        print(piece, end="", flush=True)
-    print()
+        _console.write(piece)
+    _console.write("\n")
     return 0
 
 
@@ -38,37 +138,48 @@ def _cmd_chat(args) -> int:
     """A multi-turn chat on stdin/stdout; an empty line or EOF ends it."""
     from folo_edu.sampling_params import RequestOutputKind
 
-    llm, params = _make_llm_and_params(args)
+    params = _sampling_params(args).clone(output_kind=RequestOutputKind.DELTA)
+    llm = _load_llm(args)
     tok = llm.get_tokenizer()
     history = []
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
-            print("you> ", end="", flush=True)
+            _console.write("you> ")
         line = sys.stdin.readline()
+        _console.mid_line = False  # the user's Enter ended the line
         if not line.strip():
             return 0
         history.append({"role": "user", "content": line.strip()})
         ids = tok.apply_chat_template(history, add_generation_prompt=True, tokenize=True)
         if not isinstance(ids, list):
             ids = list(ids["input_ids"])
-        print("assistant> ", end="", flush=True)
+        _console.write("assistant> ")
         reply = []
-        for piece in llm.stream({"prompt_token_ids": ids},
-                                params.clone(output_kind=RequestOutputKind.DELTA)):
+        for piece in llm.stream({"prompt_token_ids": ids}, params):
             reply.append(piece)
-            print(piece, end="", flush=True)
-        print()
+            _console.write(piece)
+        _console.write("\n")
         history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def default_bench_output(workload: str, device: str) -> str:
+    """A new file per run, so the committed benchmarks/results/*.json stay as they are:
+    benchmarks/results/m1_single_cpu-20250131-142501.json."""
+    name = {"single": "m1_single", "offline": "m2_offline"}[workload]
+    return f"benchmarks/results/{name}_{device}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
 def _cmd_bench(args) -> int:
     """Benchmark folo_edu against transformers; print a table and save a JSON file."""
     from folo_edu.bench import BenchConfig, run
+    from folo_edu.bench.machine import resolve_bench_device
 
+    device = resolve_bench_device(args.device)  # --device cuda without a GPU fails now
+    output = args.output or default_bench_output(args.workload, device.type)
     cfg = BenchConfig(
         workload=args.workload, model=args.model, device=args.device, dtype=args.dtype,
-        threads=args.threads, repeats=args.repeats, seed=args.seed, output=args.output,
+        threads=args.threads, repeats=args.repeats, seed=args.seed, output=output,
         num_prompts=args.num_prompts, new_tokens=args.new_tokens,
         num_requests=args.num_requests, min_len=args.min_len, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs,
@@ -80,40 +191,86 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _add_model_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+# ---- the parser ----------------------------------------------------------------------
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default: '(default: X)' unless the help already says it, and
+    '(default: off)' for on/off switches."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block) and exit code 2."""
+
+    def error(self, message):
+        bad = re.fullmatch(r"argument (\S+): invalid (\w+) value: (.*)", message)
+        if bad:  # 'argument --max-tokens: invalid int value: 'x'' -> our usual form
+            flag, kind, value = bad.groups()
+            message = f"{flag}={value}: expected {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_model_args(p: argparse.ArgumentParser, max_tokens: int, backends) -> None:
     p.add_argument("--model", default=None,
-                   help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=max_tokens)
-    p.add_argument("--max-model-len", type=int, default=2048)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto")
+                   help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct, "
+                        "fetched by folo-edu download)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature, >= 0; 0 means greedy")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="nucleus sampling: keep the most likely tokens up to this total "
+                        "probability, in (0, 1]; 1 keeps all")
+    p.add_argument("--max-tokens", type=int, default=max_tokens,
+                   help="most tokens to generate per answer, >= 1")
+    p.add_argument("--max-model-len", type=int, default=2048,
+                   help="longest prompt + answer in tokens, >= 1")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the engine and of the sampling, >= 0")
+    p.add_argument("--attention-backend", choices=backends, default="auto",
+                   help="attention implementation; auto picks the best one that runs here")
     p.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
     p.add_argument("--torch-compile", action="store_true",
-                   help="torch.compile the dense layer work (slow start, see docs/dev/milestone_4)")
+                   help="torch.compile the dense layer work (slow start, see "
+                        "docs/dev/milestone_4)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="folo-edu", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("download", help="fetch and convert the default model; print its folder")
-    p.set_defaults(func=_cmd_download)
-    p = sub.add_parser("generate", help="complete one prompt, streaming the text")
-    p.add_argument("prompt")
-    _add_model_args(p, max_tokens=64)
-    p.set_defaults(func=_cmd_generate)
-    p = sub.add_parser("chat", help="chat with the model (reads lines from stdin)")
-    _add_model_args(p, max_tokens=256)
-    p.set_defaults(func=_cmd_chat)
-    p = sub.add_parser("bench", help="benchmark folo_edu against transformers (M1 single, "
-                       "M2 offline); prints a table and saves JSON")
+    from folo_edu.config import ATTENTION_BACKENDS
+
+    fmt = dict(formatter_class=_HelpFormatter)
+    parser = _Parser(prog="folo-edu", description=DESCRIPTION, epilog=EPILOG, **fmt)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    help_ = "fetch and convert the default model; print its folder"
+    p = sub.add_parser("download", help=help_, description=help_, **fmt)
+    p.set_defaults(func=_cmd_download, command_parser=p)
+
+    help_ = "complete one prompt, streaming the text"
+    p = sub.add_parser("generate", help=help_, description=help_, **fmt)
+    p.add_argument("prompt", help="the text to complete")
+    _add_model_args(p, 64, ATTENTION_BACKENDS)
+    p.set_defaults(func=_cmd_generate, command_parser=p)
+
+    help_ = "chat with the model: one line from stdin per turn; an empty line or EOF ends it"
+    p = sub.add_parser("chat", help=help_, description=help_, **fmt)
+    _add_model_args(p, 256, ATTENTION_BACKENDS)
+    p.set_defaults(func=_cmd_chat, command_parser=p)
+
+    help_ = ("benchmark folo_edu against transformers (M1 single, M2 offline); prints a "
+             "table and saves JSON")
+    p = sub.add_parser("bench", help=help_, description=help_, **fmt)
     p.add_argument("--workload", choices=("single", "offline"), default="single",
                    help="single: one request at a time, TTFT and decode tok/s (M1); offline: "
                         "64 requests, continuous vs static batching vs one at a time (M2)")
     p.add_argument("--model", default=None,
                    help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                   help="auto: cuda when a GPU is visible, else cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"),
                    default="float32", help="both engines (auto: folo_edu's choice)")
     p.add_argument("--threads", type=int, default=None,
@@ -122,14 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed repeats (default: 3 single, 1 offline)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     p.add_argument("--output", default=None,
-                   help="JSON path (default benchmarks/results/m1_single_<device>.json or "
-                        "m2_offline_<device>.json; '-' saves nothing)")
+                   help="JSON path; '-' saves nothing (default: a new timestamped file, "
+                        "e.g. benchmarks/results/m1_single_cpu-20250131-142501.json, so "
+                        "that the committed results change only when named here)")
     p.add_argument("--num-prompts", type=int, default=5, help="single: prompts (64..200 tokens)")
     p.add_argument("--new-tokens", type=int, default=128, help="single: tokens per prompt")
     p.add_argument("--num-requests", type=int, default=64, help="offline: requests")
     p.add_argument("--min-len", type=int, default=16,
                    help="offline: prompt and output lengths are uniform in [min-len, max-len]")
-    p.add_argument("--max-len", type=int, default=256)
+    p.add_argument("--max-len", type=int, default=256, help="offline: see --min-len")
     p.add_argument("--max-num-seqs", type=int, default=64, help="folo_edu: running requests cap")
     p.add_argument("--hf-batch-size", type=int, default=16, help="offline: HF static batch size")
     p.add_argument("--hf-static-sample", type=int, default=None,
@@ -138,20 +296,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf-single-sample", type=int, default=6,
                    help="offline: time only K requests one at a time with HF and "
                         "extrapolate by tokens/s (0: all of them)")
-    p.add_argument("--max-model-len", type=int, default=1024)
-    p.add_argument("--kv-cache", choices=("paged", "contiguous"), default="paged")
-    p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto")
-    p.set_defaults(func=_cmd_bench)
+    p.add_argument("--max-model-len", type=int, default=1024,
+                   help="folo_edu: longest prompt + output in tokens")
+    p.add_argument("--kv-cache", choices=("paged", "contiguous"), default="paged",
+                   help="folo_edu: KV cache layout")
+    p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
+                   help="folo_edu: attention implementation")
+    p.set_defaults(func=_cmd_bench, command_parser=p)
     return parser
 
 
+def _error(message: str) -> int:
+    _console.end_line()
+    print(f"folo-edu: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    _console.mid_line = False
+    command = None  # the subcommand's parser, whose flags errors are named after
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command_parser
+        check_args(args, command)
         return args.func(args)
-    except (ValueError, TypeError) as e:
-        print(f"folo-edu: error: {e}", file=sys.stderr)
-        return 2
+    except UsageError as e:
+        return _error(str(e))
+    except (ValueError, TypeError) as e:  # a caller's mistake found by the library
+        return _error(_library_error_to_flags(str(e), command) if command else str(e))
+    except KeyboardInterrupt:
+        _console.end_line()
+        print("folo-edu: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException:
+        _console.end_line()  # a bug's traceback, at least on a line of its own
+        raise
 
 
 if __name__ == "__main__":

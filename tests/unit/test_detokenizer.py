@@ -109,7 +109,7 @@ def test_stop_string_found_across_steps_is_searched_only_in_new_text(tok):
 
 
 # ---- stop_terminated: EOS or a stop token id ended the sequence -------------------------
-# (tail text, its last token ends the sequence, skip_special_tokens, include, expected)
+# ("Hello world" + EOS fed with stop_terminated): (skip_special_tokens, include, text)
 EOS = 2  # <|im_end|>
 TERMINATED_CASES = [
     pytest.param(True, False, "Hello world", id="eos-skip-special"),
@@ -226,7 +226,11 @@ def test_without_tokenizer_there_is_no_text():
 
 
 # ---- property: incremental text == tokenizer.decode of all output tokens ----------------
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@PROPERTY
 @given(prompt=st.lists(st.integers(0, 49151), max_size=8),
        output=st.lists(st.one_of(st.integers(0, 49151), st.integers(0, 300)), max_size=24),
        skip=st.booleans())
@@ -238,7 +242,7 @@ def test_incremental_text_equals_decode(tok, prompt, output, skip):
     check_deltas(deltas, detok.output_text)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@PROPERTY
 @given(output=st.lists(st.integers(0, 49151), min_size=1, max_size=16),
        data=st.data(), include=st.booleans())
 def test_stop_string_cut_is_a_prefix_of_decode(tok, output, data, include):

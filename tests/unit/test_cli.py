@@ -1,0 +1,220 @@
+"""The folo-edu command without a model: help, flag errors, streamed-text errors, Ctrl-C,
+bench's output path. The model loader is replaced by one that fails the test, so a bad
+flag must be reported before anything loads.
+
+(tests/integration/test_default_model.py runs `folo-edu download` for real;
+tests/unit/test_00_packaging.py checks the console script is installed.)
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from folo_edu import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def no_model(monkeypatch):
+    def load(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "_load_llm", load)
+
+
+def subparsers(parser=None):
+    parser = parser or cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+# ---- help ------------------------------------------------------------------------------
+def test_every_flag_has_help_and_shows_its_default():
+    for name, p in subparsers().items():
+        fmt = p._get_formatter()
+        for action in p._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings[-1]} has no help"
+            assert "default" in fmt._get_help_string(action), (name, action.option_strings)
+        if len(p._actions) > 1:  # more than -h
+            assert "(default: " in p.format_help()
+
+
+def test_help_has_no_restructuredtext_markup():
+    parser = cli.build_parser()
+    for text in [parser.format_help(), *(p.format_help() for p in subparsers(parser).values())]:
+        assert not re.search(r"``|:class:|:func:|:meth:|\.\. ", text), text
+
+
+# ---- bad flags fail before the model loads ----------------------------------------------
+BAD_FLAGS = [
+    (["generate", "hi", "--max-tokens=-3"], "--max-tokens=-3: expected an int >= 1"),
+    (["generate", "hi", "--max-tokens", "0"], "--max-tokens=0: expected an int >= 1"),
+    (["generate", "hi", "--temperature=-1"], "--temperature=-1.0: expected a float >= 0"),
+    (["generate", "hi", "--temperature", "nan"], "--temperature=nan: expected a float >= 0"),
+    (["generate", "hi", "--top-p", "1.5"], "--top-p=1.5: expected a float in (0, 1]"),
+    (["generate", "hi", "--top-p", "0"], "--top-p=0.0: expected a float in (0, 1]"),
+    (["generate", "hi", "--max-model-len", "0"], "--max-model-len=0: expected an int >= 1"),
+    (["chat", "--seed=-1"], "--seed=-1: expected an int >= 0"),
+    (["bench", "--threads", "0"], "--threads=0: expected an int >= 1"),
+    (["bench", "--min-len", "50", "--max-len", "10"], "--min-len=50: expected <= --max-len=10"),
+    (["bench", "--hf-single-sample=-1"], "--hf-single-sample=-1: expected an int >= 0"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_FLAGS)
+def test_bad_values_name_the_flag_and_fail_before_loading(capsys, monkeypatch, argv, message):
+    monkeypatch.setattr("folo_edu.bench.run", lambda cfg: pytest.fail("bench ran"))
+    start = time.perf_counter()
+    assert cli.main(argv) == 2
+    assert time.perf_counter() - start < 5  # no model load (it takes 7 s or more)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"folo-edu: error: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "hi", "--max-tokens", "abc"], "--max-tokens='abc': expected an int"),
+    (["generate", "hi", "--top-p", "x"], "--top-p='x': expected a float"),
+    (["generate"], "the following arguments are required: prompt"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["bench", "--device", "tpu"], "invalid choice: 'tpu'"),
+])
+def test_parse_errors_are_one_line_with_exit_code_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "usage:" not in err, err
+
+
+def test_library_errors_are_renamed_to_flags(capsys, monkeypatch):
+    def load(args):
+        raise ValueError("ModelConfig.max_model_len=99999: expected an int in [1, 8192]; "
+                         "prompt has 7 tokens; expected at most max_model_len - 1")
+
+    monkeypatch.setattr(cli, "_load_llm", load)
+    assert cli.main(["generate", "hi", "--max-model-len", "99999"]) == 2
+    assert capsys.readouterr().err == (
+        "folo-edu: error: --max-model-len=99999: expected an int in [1, 8192]; "
+        "prompt has 7 tokens; expected at most --max-model-len - 1\n")
+
+
+# ---- streamed text, errors and Ctrl-C ----------------------------------------------------
+class FakeLLM:
+    """Streams the given pieces, then raises ``then`` (if any)."""
+
+    def __init__(self, pieces, then=None):
+        self.pieces, self.then = pieces, then
+
+    def stream(self, prompt, params):
+        yield from self.pieces
+        if self.then is not None:
+            raise self.then
+
+    def get_tokenizer(self):
+        class Tok:
+            def apply_chat_template(self, history, add_generation_prompt, tokenize):
+                return [1, 2, 3]
+
+        return Tok()
+
+
+@pytest.mark.parametrize("then, code, err", [
+    (None, 0, ""),
+    (ValueError("boom"), 2, "folo-edu: error: boom\n"),
+    (KeyboardInterrupt(), 130, "folo-edu: interrupted\n"),
+])
+def test_generate_output_ends_its_line_before_an_error(capsys, monkeypatch, then, code, err):
+    monkeypatch.setattr(cli, "_load_llm", lambda args: FakeLLM([" Paris", "."], then))
+    assert cli.main(["generate", "The capital is"]) == code
+    out, got_err = capsys.readouterr()
+    assert out == "The capital is Paris.\n" and got_err == err
+
+
+def test_ctrl_c_while_loading_exits_130_without_traceback(capsys, monkeypatch):
+    def load(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load_llm", load)
+    assert cli.main(["chat"]) == 130
+    assert capsys.readouterr() == ("", "folo-edu: interrupted\n")
+
+
+def test_chat_turns(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_load_llm", lambda args: FakeLLM(["Hi", " there"]))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\nagain\n\n"))
+    assert cli.main(["chat"]) == 0
+    assert capsys.readouterr().out == "assistant> Hi there\n" * 2
+
+
+def test_an_unexpected_error_still_ends_the_line_and_keeps_its_traceback(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_load_llm", lambda args: FakeLLM(["x"], RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="bug"):
+        cli.main(["generate", "p"])
+    assert capsys.readouterr().out == "px\n"
+
+
+# ---- bench never overwrites the committed results by default -----------------------------
+@pytest.mark.parametrize("argv, expected", [
+    (["bench", "--device", "cpu"], r"benchmarks/results/m1_single_cpu-\d{8}-\d{6}\.json"),
+    (["bench", "--device", "cpu", "--workload", "offline"],
+     r"benchmarks/results/m2_offline_cpu-\d{8}-\d{6}\.json"),
+    (["bench", "--device", "cpu", "--output", "benchmarks/results/m1_single_cpu.json"],
+     r"benchmarks/results/m1_single_cpu\.json"),  # named: replaced on purpose
+    (["bench", "--device", "cpu", "--output", "-"], "-"),
+])
+def test_bench_output_path(monkeypatch, argv, expected):
+    seen = []
+    monkeypatch.setattr("folo_edu.bench.run", seen.append)
+    assert cli.main(argv) == 0
+    assert re.fullmatch(expected, seen[0].output), seen[0].output
+    if "--output" not in argv:
+        assert not (ROOT / seen[0].output).exists()
+
+
+# ---- the installed command, in a subprocess ---------------------------------------------
+def folo_edu_cmd():
+    exe = Path(sys.executable).with_name("folo-edu")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "folo_edu.cli"]
+
+
+def test_installed_command_reports_a_bad_flag_in_one_line():
+    done = subprocess.run([*folo_edu_cmd(), "generate", "hi", "--max-tokens=-3"],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert done.returncode == 2
+    assert done.stderr == "folo-edu: error: --max-tokens=-3: expected an int >= 1\n"
+    assert done.stdout == ""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGINT")
+def test_sigint_exits_130_without_traceback():
+    # A loader that says it started, then waits: Ctrl-C arrives while "loading".
+    code = ("import sys, time; from folo_edu import cli\n"
+            "def load(args):\n"
+            "    print('loading', flush=True); time.sleep(60)\n"
+            "cli._load_llm = load\n"
+            "sys.exit(cli.main(['generate', 'hi']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    try:
+        assert proc.stdout.readline() == "loading\n"  # the prompt is echoed after loading
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err and err == "folo-edu: interrupted\n"
