@@ -26,7 +26,7 @@ PYTEST_WORKERS ?= 2
 HF_HUB_OFFLINE ?= 1
 export HF_HUB_OFFLINE
 
-.PHONY: install lab test demo download clean
+.PHONY: install lab test demo download clean student
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ lab: download
 # small op wait on spinning threads (we measured tiny matmuls 100x slower that way).
 test: download
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n $(PYTEST_WORKERS) -rs --durations=10 tests notebooks --nbmake
+
+# Learner copies of the notebooks in student/: cells tagged `solution` removed, outputs
+# cleared (nbconvert's TagRemovePreprocessor and ClearOutputPreprocessor).
+student: install
+	$(VENV)/bin/python -m folo_edu.labs.student --src notebooks --out student
 
 demo: download
 	$(VENV)/bin/folo-edu generate "The capital of France is" --max-tokens 32

@@ -1,7 +1,7 @@
 """Checks for notebooks/01_config_and_requests.ipynb (milestone M0)."""
 from __future__ import annotations
 
-from folo_edu.labs import hint, not_answered, report_pass, require_number
+from folo_edu.labs import LabCheckFailed, hint, not_answered, report_pass, require_number
 
 
 def check_kv_bytes_per_token(answer, num_layers: int = 32, num_kv_heads: int = 8,
@@ -28,7 +28,7 @@ def check_kv_bytes_per_token(answer, num_layers: int = 32, num_kv_heads: int = 8
         (expected * num_heads // num_kv_heads, "all query heads? with GQA only the KV heads "
                                                "are cached"),
     ]
-    raise AssertionError(f"{what}: {answer!r} is not right; " + hint(
+    raise LabCheckFailed(f"{what}: {answer!r} is not right; " + hint(
         answer, hints, "multiply K and V (2) x layers x KV heads x head_dim x bytes per element"))
 
 
@@ -51,4 +51,4 @@ def check_crossover_context(answer, num_params: float = 8.03e9, bytes_per_param:
            "of all sequences together")
     if abs(answer - expected * num_seqs) <= 0.01 * expected * num_seqs:
         why = "that is for one sequence: the sequences share the weights but not the KV cache."
-    raise AssertionError(f"{what}: {answer!r} is not right; {why}")
+    raise LabCheckFailed(f"{what}: {answer!r} is not right; {why}")

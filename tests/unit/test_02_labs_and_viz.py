@@ -10,8 +10,8 @@ import torch
 
 from folo_edu import LLM, SamplingParams
 from folo_edu.attention import get_backend
-from folo_edu.labs.m1_forward import check_causal_mask, check_decode_attention
-from folo_edu.labs.m1_sampling import TOP_P_LOGITS, check_stop_params, check_top_p
+from folo_edu.labs.m1_forward import check_causal_mask
+from folo_edu.labs.m1_sampling import check_stop_params
 from folo_edu.models.loader import load_hf_config
 from folo_edu.models.weights import load_model
 from folo_edu.sample import apply_min_p, apply_temperature, apply_top_k, apply_top_p
@@ -119,7 +119,8 @@ def test_kv_cache_timing_and_plot(tiny64):
     assert result["context"].tolist() == [8, 32]
     assert (result["with_cache"] > 0).all() and (result["without_cache"] > 0).all()
     fig = plot_kv_cache_speedup(result)
-    assert len(fig.axes[0].lines) == 2
+    assert len(fig.axes[0].lines) == 4  # the two medians, and every run as dots
+    assert result["with_cache_runs"].shape == (2, 1)
 
 
 def test_time_engine_steps_has_one_prefill_then_decodes(tiny_model_dir):
@@ -228,54 +229,7 @@ def test_processor_latency_and_plot():
     assert len(fig.axes[0].patches) == len(times)
 
 
-# ---- labs.m1_sampling -----------------------------------------------------------------------
-def _top_p(logits, p):
-    probs = logits.softmax(-1)
-    sorted_probs, order = probs.sort(descending=True)
-    keep = order[(sorted_probs.cumsum(-1) - sorted_probs) < p]
-    out = torch.full_like(logits, float("-inf"))
-    out[keep] = logits[keep]
-    return out
-
-
-def test_check_top_p(capsys):
-    assert check_top_p(_top_p) is True
-    assert "Correct" in capsys.readouterr().out
-    assert check_top_p(None) is False
-    assert "Not answered yet" in capsys.readouterr().out
-
-    def too_few(logits, p):
-        probs = logits.softmax(-1)
-        sorted_probs, order = probs.sort(descending=True)
-        keep = order[sorted_probs.cumsum(-1) < p]
-        out = torch.full_like(logits, float("-inf"))
-        out[keep] = logits[keep]
-        return out
-
-    with pytest.raises(AssertionError, match="one token too few"):
-        check_top_p(too_few)
-    def ascending(logits, p):
-        probs = logits.softmax(-1)
-        sorted_probs, order = probs.sort()  # smallest first: the wrong end of the vocabulary
-        keep = order[(sorted_probs.cumsum(-1) - sorted_probs) < p]
-        out = torch.full_like(logits, float("-inf"))
-        out[keep] = logits[keep]
-        return out
-
-    with pytest.raises(AssertionError, match="descending"):
-        check_top_p(ascending)
-    with pytest.raises(AssertionError, match="logits changed"):
-        check_top_p(lambda logits, p: _top_p(logits, p) - 1.0)
-    with pytest.raises(AssertionError, match="not 0"):
-        check_top_p(lambda logits, p: torch.where(torch.isinf(_top_p(logits, p)),
-                                                  torch.zeros_like(logits), logits))
-    with pytest.raises(AssertionError, match="shape"):
-        check_top_p(lambda logits, p: logits[:3])
-    with pytest.raises(AssertionError, match="not a function"):
-        check_top_p(0.9)
-    assert TOP_P_LOGITS.softmax(-1).argmax() == 1  # the exercise vector is not sorted
-
-
+# ---- labs.m1_sampling (the top-p lab: tests/unit/test_02_top_p_lab.py) ------------------
 def test_check_stop_params(capsys):
     good = SamplingParams(temperature=0, max_tokens=20, stop=".",
                           include_stop_str_in_output=True)
@@ -293,32 +247,7 @@ def test_check_stop_params(capsys):
         check_stop_params({"temperature": 0})
 
 
-# ---- labs.m1_forward ------------------------------------------------------------------------
-def _decode_attention(q, k, v, repeat="interleave", scale=True):
-    group = q.shape[0] // k.shape[1]
-    if repeat == "interleave":
-        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-    else:
-        k, v = k.repeat(1, group, 1), v.repeat(1, group, 1)
-    scores = torch.einsum("hd,shd->hs", q, k) / (math.sqrt(q.shape[-1]) if scale else 1.0)
-    return torch.einsum("hs,shd->hd", scores.softmax(-1), v)
-
-
-def test_check_decode_attention(capsys):
-    assert check_decode_attention(_decode_attention) is True
-    assert check_decode_attention(None) is False
-    with pytest.raises(AssertionError, match="repeat_interleave, not repeat"):
-        check_decode_attention(lambda q, k, v: _decode_attention(q, k, v, repeat="tile"))
-    with pytest.raises(AssertionError, match="sqrt"):
-        check_decode_attention(lambda q, k, v: _decode_attention(q, k, v, scale=False))
-    with pytest.raises(AssertionError, match="not only itself"):
-        check_decode_attention(lambda q, k, v: v[-1].repeat_interleave(q.shape[0] // k.shape[1], 0))
-    with pytest.raises(AssertionError, match="shape"):
-        check_decode_attention(lambda q, k, v: q[0])
-    with pytest.raises(AssertionError, match="repeat_interleave"):
-        check_decode_attention(lambda q, k, v: torch.einsum("hd,shd->hs", q, k))
-
-
+# ---- labs.m1_forward (the decode-step lab: tests/unit/test_03_decode_step_lab.py) ---------
 def test_check_causal_mask(capsys):
     def right(q, s):
         return torch.arange(s)[None, :] <= torch.arange(s - q, s)[:, None]
