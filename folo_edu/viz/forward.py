@@ -118,8 +118,9 @@ def _best_seconds(fn, repeats: int, device="cpu") -> float:
 
 @torch.inference_mode()
 def time_next_token(model, context_len: int, use_cache: bool, repeats: int = 3,
-                    seed: int = 0) -> float:
-    """Seconds (best of ``repeats``) to get the logits of token ``context_len + 1``.
+                    seed: int = 0, all_runs: bool = False):
+    """Seconds (best of ``repeats``; every run, a list, with all_runs=True) to get the
+    logits of token ``context_len + 1``.
 
     use_cache=True: the K/V of the first ``context_len - 1`` tokens are already in the
     cache (computed once, not timed); one decode step computes the newest token.
@@ -142,19 +143,43 @@ def time_next_token(model, context_len: int, use_cache: bool, repeats: int = 3,
             def step():
                 hidden = forward_positions(model, ids, 0, context_len)
                 return model.compute_logits(hidden[-1:])
-        return _best_seconds(step, repeats, next(model.parameters()).device)
+        device = next(model.parameters()).device
+        if all_runs:
+            step()  # warm-up
+            return [seconds(step, device) for _ in range(repeats)]
+        return _best_seconds(step, repeats, device)
 
 
-def measure_kv_cache_speedup(model, context_lens, repeats: int = 3) -> dict:
+def measure_kv_cache_speedup(model, context_lens, repeats: int = 5,
+                             threads: int | None = 1) -> dict:
     """Time one new token with and without the KV cache at each context length.
 
-    Returns numpy arrays (seconds) under "context", "with_cache" and "without_cache".
+    Returns numpy arrays (seconds) under "context", "with_cache" and "without_cache" (the
+    median of ``repeats`` runs), and every run under "with_cache_runs" and
+    "without_cache_runs" ([contexts, repeats]). The two are timed alternately, run by
+    run, so that a burst of load from other jobs hits both. ``threads``: torch threads
+    during the timing (restored afterwards); one by default, because on a busy machine a
+    second thread mostly waits for a core, which makes small steps slow and noisy.
     """
     context = [int(c) for c in context_lens]
-    with_cache = [time_next_token(model, c, True, repeats) for c in context]
-    without = [time_next_token(model, c, False, repeats) for c in context]
-    return {"context": np.array(context), "with_cache": np.array(with_cache),
-            "without_cache": np.array(without)}
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        runs = {True: [], False: []}
+        for c in context:
+            for use_cache in runs:
+                runs[use_cache].append([])
+            for _ in range(repeats):
+                for use_cache in runs:
+                    runs[use_cache][-1] += time_next_token(model, c, use_cache, 1,
+                                                           all_runs=True)
+    finally:
+        torch.set_num_threads(saved)
+    with_runs, without_runs = np.array(runs[True]), np.array(runs[False])
+    return {"context": np.array(context), "with_cache": np.median(with_runs, axis=1),
+            "without_cache": np.median(without_runs, axis=1),
+            "with_cache_runs": with_runs, "without_cache_runs": without_runs}
 
 
 def plot_kv_cache_speedup(result: dict, title: str = "", ax=None):
@@ -165,10 +190,16 @@ def plot_kv_cache_speedup(result: dict, title: str = "", ax=None):
             label="without KV cache (recompute all tokens each step)")
     ax.plot(ctx, result["with_cache"] * 1e3, "o-", color="C0",
             label="with KV cache (one decode step)")
+    for name, color in (("without_cache_runs", "C3"), ("with_cache_runs", "C0")):
+        if name in result:  # every run, faint: how much the machine's noise spreads them
+            runs = result[name]
+            ax.plot(np.repeat(ctx, runs.shape[1]), runs.ravel() * 1e3, ".", color=color,
+                    alpha=0.3, markersize=4)
     ratio = result["without_cache"][-1] / result["with_cache"][-1]
     ax.annotate(f"{ratio:.0f}x", (ctx[-1], result["without_cache"][-1] * 1e3),
                 textcoords="offset points", xytext=(-30, -4), ha="right")
-    ax.set(xlabel="tokens already in the sequence", ylabel="ms per new token (best of runs)",
+    ax.set(xlabel="tokens already in the sequence",
+           ylabel="ms per new token (line: median; dots: each run)",
            title=title or "Time to produce one more token, measured")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
