@@ -6,7 +6,7 @@ scheduler moves it through the statuses below, and every move goes through
 
     WAITING ──▶ RUNNING ──▶ FINISHED_STOPPED | FINISHED_LENGTH
        ▲           │
-       └ PREEMPTED ◀┘            (any unfinished status) ──▶ FINISHED_ABORTED
+       └ PREEMPTED ◀┘      (any unfinished status) ──▶ FINISHED_ABORTED | FINISHED_ERROR
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class RequestStatus(enum.Enum):
     FINISHED_STOPPED = "finished_stopped"
     FINISHED_LENGTH = "finished_length"
     FINISHED_ABORTED = "finished_aborted"
+    FINISHED_ERROR = "finished_error"  # a step failed while computing this request
 
     @property
     def finished(self) -> bool:
@@ -30,20 +31,23 @@ class RequestStatus(enum.Enum):
 
     @property
     def finish_reason(self) -> str | None:
-        """vLLM's finish_reason string: "stop", "length", "abort" or None."""
+        """vLLM's finish_reason string: "stop", "length", "abort", "error" or None."""
         return {"finished_stopped": "stop", "finished_length": "length",
-                "finished_aborted": "abort"}.get(self.value)
+                "finished_aborted": "abort", "finished_error": "error"}.get(self.value)
 
 
 _FINISHED = {RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH,
-             RequestStatus.FINISHED_ABORTED}
+             RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR}
+_ENDED_EARLY = {RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR}
 LEGAL_TRANSITIONS: dict[RequestStatus, set[RequestStatus]] = {
-    RequestStatus.WAITING: {RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED},
+    RequestStatus.WAITING: {RequestStatus.RUNNING} | _ENDED_EARLY,
     RequestStatus.RUNNING: {RequestStatus.PREEMPTED} | _FINISHED,
-    RequestStatus.PREEMPTED: {RequestStatus.RUNNING, RequestStatus.FINISHED_ABORTED},
-    RequestStatus.FINISHED_STOPPED: set(),
-    RequestStatus.FINISHED_LENGTH: set(),
+    RequestStatus.PREEMPTED: {RequestStatus.RUNNING} | _ENDED_EARLY,
+    # A request that finished in a step whose output then failed is marked an error.
+    RequestStatus.FINISHED_STOPPED: {RequestStatus.FINISHED_ERROR},
+    RequestStatus.FINISHED_LENGTH: {RequestStatus.FINISHED_ERROR},
     RequestStatus.FINISHED_ABORTED: set(),
+    RequestStatus.FINISHED_ERROR: set(),
 }
 
 
@@ -79,10 +83,11 @@ class Request:
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0
-        # Per-token logprobs (dicts token_id -> logprob) when params.logprobs is set.
-        self.logprobs: list[dict[int, float]] = []
+        # Per-token logprobs (dicts token_id -> Logprob) when params.logprobs is set.
+        self.logprobs: list[dict] = []
         self.cumulative_logprob = 0.0
-        self.prompt_logprobs: list[dict[int, float] | None] | None = None
+        # Entry i: token i's logprob given tokens < i (entry 0 is None), when asked for.
+        self.prompt_logprobs: list[dict | None] | None = None
 
     # ---- sizes -----------------------------------------------------------------
     @property

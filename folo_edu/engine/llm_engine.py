@@ -16,7 +16,7 @@ from folo_edu.engine.output_processor import OutputProcessor
 from folo_edu.engine.scheduler import Scheduler
 from folo_edu.kv_cache.manager import KVCacheManager
 from folo_edu.models.loader import eos_token_ids, resolve_config
-from folo_edu.outputs import RequestOutput
+from folo_edu.outputs import Logprob, RequestOutput
 from folo_edu.request import Request, RequestStatus
 from folo_edu.sampling_params import RequestOutputKind, SamplingParams
 
@@ -29,6 +29,19 @@ def load_tokenizer(path: str):
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"model={path!r}: no tokenizer could be loaded ({type(e).__name__}); "
                          "pass skip_tokenizer_init=True to run on token ids only") from e
+
+
+class EngineStepError(RuntimeError):
+    """A step failed; the requests it hit finished with finish_reason "error".
+
+    ``outputs``: every RequestOutput the step produced (the failed requests' final ones
+    included); ``request_ids``: the sequences that failed. The engine stays usable.
+    """
+
+    def __init__(self, message: str, outputs: list[RequestOutput], request_ids: list[str]):
+        super().__init__(message)
+        self.outputs = outputs
+        self.request_ids = request_ids
 
 
 class LLMEngine:
@@ -68,12 +81,19 @@ class LLMEngine:
         """
         if not isinstance(request_id, str) or not request_id:
             raise TypeError(f"request_id={request_id!r}: expected a non-empty str")
-        if request_id in self._groups:
-            raise ValueError(f"request_id={request_id!r}: a request with this id is "
-                             "already running; expected a new id")
         params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params={params!r}: expected a SamplingParams")
+        # A request with n > 1 runs as n sequences "<id>#0", "<id>#1", ...; no id, the
+        # user's or a child's, may be in use by another unfinished request.
+        child_ids = [request_id] if params.n == 1 else [f"{request_id}#{i}"
+                                                        for i in range(params.n)]
+        taken = [r for r in {request_id, *child_ids}
+                 if r in self._groups or r in self.scheduler.requests]
+        if taken:
+            raise ValueError(f"request_id={request_id!r}: the id {taken[0]!r} is in use by an "
+                             "unfinished request (a request with n>1 uses '<id>#<i>' for its "
+                             "samples); expected a new id")
         text, token_ids = self._tokenize(prompt)
         max_tokens = self._check_lengths(token_ids, params)
         arrival = time.monotonic() if arrival_time is None else arrival_time
@@ -84,8 +104,7 @@ class LLMEngine:
                 seed=None if params.seed is None else params.seed + i)
             if not params.ignore_eos:
                 child_params.all_stop_token_ids |= self.eos_token_ids
-            rid = request_id if params.n == 1 else f"{request_id}#{i}"
-            child = Request(rid, token_ids, child_params, arrival, self.eos_token_ids, text)
+            child = Request(child_ids[i], token_ids, child_params, arrival, self.eos_token_ids, text)
             if params.prompt_logprobs is not None:
                 child.prompt_logprobs = [None]
             children.append(child)
@@ -127,6 +146,10 @@ class LLMEngine:
                              f"max_model_len - 1 = {self.max_model_len - 1}, so that at least "
                              "one token can be generated")
         max_tokens = room if params.max_tokens is None else params.max_tokens
+        if params.min_tokens > room:
+            raise ValueError(f"SamplingParams.min_tokens={params.min_tokens}: the prompt has "
+                             f"{len(ids)} tokens, so at most {room} more fit in "
+                             f"max_model_len={self.max_model_len}")
         if max_tokens > room:
             raise ValueError(f"SamplingParams.max_tokens={params.max_tokens}: the prompt has "
                              f"{len(ids)} tokens, so at most {room} more fit in "
@@ -159,33 +182,74 @@ class LLMEngine:
 
     # ---- the loop --------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one scheduling step and return the outputs it produced."""
+        """Run one scheduling step and return the outputs it produced.
+
+        If something fails inside the step (the model, the sampler, the detokenizer),
+        the requests it hit finish with finish_reason "error" and free their blocks, the
+        others carry on untouched, and EngineStepError is raised with every output of the
+        step attached (``.outputs``), so a serving loop can deliver them and go on.
+        """
         sched = self.scheduler.schedule()
         self._last_step_tokens = sched.num_batched_tokens
         self.last_step = [(s.request_id, s.num_new_tokens,
                            "decode" if s.start >= len(s.prompt_token_ids) else "prefill")
                           for s in sched.scheduled]
-        result = self.model_runner.execute(sched)
-        for rid, lps in result.prompt_logprobs.items():
-            self.scheduler.requests[rid].prompt_logprobs.extend(lps)
+        try:
+            result = self.model_runner.execute(sched)
+        except Exception as e:  # nothing was applied: fail the step's requests, keep the rest
+            failed = [self.scheduler.requests[s.request_id] for s in sched.scheduled
+                      if s.request_id in self.scheduler.requests]
+            outputs = self._finish_with_error(failed)
+            raise EngineStepError(f"the model step failed ({type(e).__name__}: {e}); its "
+                                  f"{len(failed)} requests finished with an error", outputs,
+                                  [r.request_id for r in failed]) from e
+        self._apply_logprobs(result)
+        updated = self.scheduler.update_from_output(
+            sched, {rid: t.token_id for rid, t in result.sampled.items()})
+        touched: dict[str, list[Request]] = {}
+        failed, error = [], None
+        for req in updated:
+            try:
+                stop = self.output_processor.process_token(req)
+            except Exception as e:  # this request's text is broken; the others go on
+                failed.append(req)
+                error = error or e
+                continue
+            if stop is not None:  # a stop string wins over "length", as in vLLM
+                req.stop_reason = stop
+                if not req.is_finished:
+                    self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_STOPPED)
+            touched.setdefault(self._parent_of[req.request_id], []).append(req)
+        outputs = self._outputs(touched)
+        if failed:
+            outputs += self._finish_with_error(failed)
+            ids = [r.request_id for r in failed]
+            raise EngineStepError(f"detokenizing failed ({type(error).__name__}: {error}) for "
+                                  f"{ids}; they finished with an error", outputs, ids) from error
+        return outputs
+
+    def _apply_logprobs(self, result) -> None:
+        """Store the runner's logprobs on their requests, as vLLM's Logprob objects."""
+        for rid, positions in result.prompt_logprobs.items():
+            self.scheduler.requests[rid].prompt_logprobs.extend(
+                self._logprobs(ranked) for ranked in positions)
         for rid, tok in result.sampled.items():
             req = self.scheduler.requests[rid]
             if req.sampling_params.logprobs is not None:
-                req.logprobs.append(tok.top_logprobs)
+                req.logprobs.append(self._logprobs(tok.top_logprobs))
                 req.cumulative_logprob += tok.logprob
-        updated = self.scheduler.update_from_output(
-            sched, {rid: t.token_id for rid, t in result.sampled.items()})
-        touched: dict[str, None] = {}
-        for req in updated:
-            stop = self.output_processor.process_token(req)
-            if stop is not None and not req.is_finished:
-                req.stop_reason = stop
-                self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_STOPPED)
-            touched[self._parent_of[req.request_id]] = None
+
+    def _logprobs(self, ranked) -> dict[int, Logprob]:
+        decode = self.tokenizer.decode if self.tokenizer is not None else None
+        return {t: Logprob(lp, rank, decode([t]) if decode else None)
+                for t, (lp, rank) in ranked.items()}
+
+    def _outputs(self, touched: dict[str, list[Request]]) -> list[RequestOutput]:
+        """One RequestOutput per user request that changed; forget the finished ones."""
         outputs = []
-        for parent in touched:
+        for parent, changed in touched.items():
             children, kind = self._groups[parent]
-            out = self.output_processor.make_output(parent, children, kind)
+            out = self.output_processor.make_output(parent, children, kind, changed)
             if out is not None:
                 outputs.append(out)
             if all(c.is_finished for c in children):
@@ -193,6 +257,18 @@ class LLMEngine:
                 for c in children:
                     self._parent_of.pop(c.request_id, None)
         return outputs
+
+    def _finish_with_error(self, requests: list[Request]) -> list[RequestOutput]:
+        """Mark these sequences FINISHED_ERROR (freeing their blocks); return the final
+        outputs of their user requests."""
+        touched: dict[str, list[Request]] = {}
+        for req in requests:
+            if req.is_finished:  # finished this very step, but its output failed
+                req.transition(RequestStatus.FINISHED_ERROR)
+            else:
+                self.scheduler.finish_request(req.request_id, RequestStatus.FINISHED_ERROR)
+            touched.setdefault(self._parent_of[req.request_id], []).append(req)
+        return self._outputs(touched)
 
     def get_stats(self) -> dict:
         """Plain numbers about the engine right now (the plots and tests read these)."""

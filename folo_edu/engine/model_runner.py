@@ -21,18 +21,23 @@ from folo_edu.models.weights import load_model
 from folo_edu.sample import Sampler, SamplingMetadata, compute_logprobs, make_generator
 
 
+# token id -> (logprob, rank): the chosen token and the top-N at one position. The engine
+# turns these into Logprob objects (it has the tokenizer for their text).
+RankedLogprobs = dict[int, tuple[float, int]]
+
+
 @dataclass
 class SampledToken:
     token_id: int
     logprob: float
-    top_logprobs: dict[int, float] | None
+    top_logprobs: RankedLogprobs | None  # None unless the request asked for logprobs
 
 
 @dataclass
 class ModelRunnerOutput:
     sampled: dict[str, SampledToken] = field(default_factory=dict)
-    # request id -> logprob dicts for prompt positions computed this step
-    prompt_logprobs: dict[str, list[dict[int, float]]] = field(default_factory=dict)
+    # request id -> one RankedLogprobs per prompt position computed this step
+    prompt_logprobs: dict[str, list[RankedLogprobs]] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -51,7 +56,9 @@ class ModelRunner:
         for i, layer in enumerate(self.model.layers):
             layer.self_attn.k_cache = self.kv_cache[0, i]
             layer.self_attn.v_cache = self.kv_cache[1, i]
-        self.sampler = Sampler()
+        # Unseeded sampling draws from one generator seeded with LLM(seed=...): same seed,
+        # same requests in the same order, same tokens.
+        self.sampler = Sampler(generator=make_generator(mc.seed, self.device))
         self.generators: dict[str, torch.Generator] = {}
         self.graph_runner: DecodeGraphRunner | None = None
         self.cuda_graph_status = self._capture_cuda_graphs(config)
@@ -121,8 +128,14 @@ class ModelRunner:
             logits = self.model.compute_logits(hidden[sample_rows])
             result = self.sampler(logits, self._sampling_metadata(to_sample))
             for i, s in enumerate(to_sample):
+                top = result.top_logprobs[i]
+                if top is not None:  # the sampled token first, then the top N (rank order)
+                    values = list(top.values())
+                    top = {t: (lp, result.sampled_ranks[i] if j == 0
+                               else 1 + sum(v > lp for v in values))
+                           for j, (t, lp) in enumerate(top.items())}
                 out.sampled[s.request_id] = SampledToken(
-                    result.token_ids[i], result.sampled_logprobs[i], result.top_logprobs[i])
+                    result.token_ids[i], result.sampled_logprobs[i], top)
         for s, row in prompt_lp:
             out.prompt_logprobs[s.request_id] = self._prompt_logprobs(
                 hidden[row:row + s.prompt_logprobs_count], s)
@@ -142,18 +155,21 @@ class ModelRunner:
             generators=gens,
             eos_token_ids=[set(s.eos_token_ids) for s in seqs])
 
-    def _prompt_logprobs(self, hidden, s: ScheduledSequence) -> list[dict[int, float]]:
+    def _prompt_logprobs(self, hidden, s: ScheduledSequence) -> list[RankedLogprobs]:
         """Logprob of each next prompt token (and the top-N) for the rows in ``hidden``,
         which are positions prompt_logprobs_start, +1, ... of sequence ``s``."""
         logprobs = compute_logprobs(self.model.compute_logits(hidden))
         n = s.sampling_params.prompt_logprobs
         first, count = s.prompt_logprobs_start + 1, s.prompt_logprobs_count
         actual = torch.tensor(s.prompt_token_ids[first:first + count], device=logprobs.device)
-        actual_lp = logprobs.gather(1, actual[:, None])[:, 0].tolist()
+        actual_lp = logprobs.gather(1, actual[:, None])
+        actual_rank = ((logprobs > actual_lp).sum(dim=1) + 1).tolist()
+        actual_lp = actual_lp[:, 0].tolist()
         top_lp, top_ids = logprobs.topk(n, dim=-1) if n else (None, None)
         dicts = []
         for i in range(count):
-            d = dict(zip(top_ids[i].tolist(), top_lp[i].tolist())) if n else {}
-            d[actual[i].item()] = actual_lp[i]
+            d = ({t: (lp, r + 1) for r, (t, lp) in
+                  enumerate(zip(top_ids[i].tolist(), top_lp[i].tolist()))} if n else {})
+            d[actual[i].item()] = (actual_lp[i], actual_rank[i])
             dicts.append(d)
         return dicts

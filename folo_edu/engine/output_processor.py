@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from folo_edu.engine.detokenizer import IncrementalDetokenizer
 from folo_edu.outputs import CompletionOutput, RequestMetrics, RequestOutput
-from folo_edu.request import Request
+from folo_edu.request import Request, RequestStatus
 from folo_edu.sampling_params import RequestOutputKind
 
 
@@ -33,7 +33,10 @@ class OutputProcessor:
     def completion(self, req: Request, index: int, kind: RequestOutputKind) -> CompletionOutput:
         detok = self.detok[req.request_id]
         finished = req.is_finished
-        if finished and not isinstance(req.stop_reason, str):  # a stop string cut the text
+        # At the end, emit a held tail, unless a stop string cut the text or the
+        # detokenizer itself failed (error).
+        if finished and not isinstance(req.stop_reason, str) and \
+                req.status != RequestStatus.FINISHED_ERROR:
             detok.flush()
         if kind == RequestOutputKind.DELTA:
             text = detok.take_delta(finished)
@@ -49,17 +52,27 @@ class OutputProcessor:
             index=index, text=text, token_ids=token_ids,
             cumulative_logprob=(req.cumulative_logprob
                                 if req.sampling_params.logprobs is not None else None),
-            logprobs=logprobs, finish_reason=req.status.finish_reason,
+            logprobs=logprobs,
+            # A stop string found on the last allowed token still says "stop" (vLLM).
+            finish_reason=("stop" if isinstance(req.stop_reason, str) and finished
+                           and req.status != RequestStatus.FINISHED_ERROR
+                           else req.status.finish_reason),
             stop_reason=req.stop_reason)
 
-    def make_output(self, request_id: str, children: list[Request],
-                    kind: RequestOutputKind) -> RequestOutput | None:
-        """A RequestOutput for a user request made of its n child sequences."""
+    def make_output(self, request_id: str, children: list[Request], kind: RequestOutputKind,
+                    changed: list[Request] | None = None) -> RequestOutput | None:
+        """A RequestOutput for a user request made of its n child sequences.
+
+        DELTA outputs carry only the completions in ``changed`` (those that got a token
+        this step), as vLLM does; the others carry all n.
+        """
         finished = all(c.is_finished for c in children)
         if kind == RequestOutputKind.FINAL_ONLY and not finished:
             return None
         first = children[0]
-        outputs = [self.completion(c, i, kind) for i, c in enumerate(children)]
+        shown = [(i, c) for i, c in enumerate(children)
+                 if kind != RequestOutputKind.DELTA or changed is None or c in changed]
+        outputs = [self.completion(c, i, kind) for i, c in shown]
         if finished:
             for c in children:
                 self.detok.pop(c.request_id, None)

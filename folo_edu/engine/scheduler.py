@@ -148,12 +148,11 @@ class Scheduler:
         return updated
 
     def _check_stop(self, req: Request, token: int) -> RequestStatus | None:
-        """Token-level stop checks, in vLLM's order. Stop *strings* are found later,
-        on the text, by the output processor."""
+        """Token-level stop checks in vLLM v1's order (vllm/v1/core/sched/utils.py,
+        check_stop): nothing stops a request before min_tokens; then EOS, then a stop
+        token id, then the length caps. So EOS on the last allowed token is "stop".
+        Stop *strings* are found later, on the text, by the output processor."""
         p = req.sampling_params
-        if (req.num_output_tokens >= (p.max_tokens or self.max_model_len)
-                or req.num_tokens >= self.max_model_len):
-            return RequestStatus.FINISHED_LENGTH
         if req.num_output_tokens < p.min_tokens:
             return None
         if not p.ignore_eos and token in req.eos_token_ids:
@@ -161,6 +160,9 @@ class Scheduler:
         if token in p.stop_token_ids:
             req.stop_reason = token
             return RequestStatus.FINISHED_STOPPED
+        if (req.num_output_tokens >= (p.max_tokens or self.max_model_len)
+                or req.num_tokens >= self.max_model_len):
+            return RequestStatus.FINISHED_LENGTH
         return None
 
     def finish_request(self, request_id: str, status: RequestStatus) -> None:

@@ -44,6 +44,9 @@ class SamplerOutput:
     # None unless params.logprobs is set; then the top-N token -> logprob, plus the
     # sampled token (listed first), so N or N + 1 entries.
     top_logprobs: list[dict[int, float] | None]
+    # The sampled token's rank in the raw distribution (1 = most likely), for rows with
+    # params.logprobs set; None for the others.
+    sampled_ranks: list[int | None] | None = None
 
 
 def make_generator(seed: int, device) -> torch.Generator:
@@ -80,20 +83,23 @@ def _on_rows(x: torch.Tensor, rows: list[int], fn, *args) -> torch.Tensor:
 
 
 def _exponential_noise(generators: list[torch.Generator | None], vocab: int,
-                       like: torch.Tensor) -> torch.Tensor:
+                       like: torch.Tensor, default: torch.Generator | None = None
+                       ) -> torch.Tensor:
     """``[len(generators), vocab]`` samples of Exponential(1), one row per request.
 
     A seeded row draws from its own generator, so its numbers (and tokens) are the same
-    whatever else is in the batch; the unseeded rows share one draw from the global RNG.
+    whatever else is in the batch; the unseeded rows share one draw from ``default``
+    (the engine's generator, seeded with ``LLM(seed=...)``; the global RNG if None).
     We use ``-log(U)`` with U uniform in [0, 1), which is Exponential(1) and about twice as
     fast as ``exponential_()`` on a CPU. U = 0 gives +inf, which only makes that token lose.
     """
     uniform = torch.empty(len(generators), vocab, dtype=like.dtype, device=like.device)
     unseeded = [j for j, g in enumerate(generators) if g is None]
     if len(unseeded) == len(generators):
-        uniform.uniform_()
+        uniform.uniform_(generator=default)
     elif unseeded:
-        uniform[unseeded] = torch.rand(len(unseeded), vocab, dtype=like.dtype, device=like.device)
+        uniform[unseeded] = torch.rand(len(unseeded), vocab, dtype=like.dtype, device=like.device,
+                                       generator=default)
     for j, generator in enumerate(generators):
         if generator is not None:
             uniform[j].uniform_(generator=generator)
@@ -106,10 +112,13 @@ class Sampler:
     ``top_p_fn`` is the top-p filter, ``fn(logits [B, V], top_p [B]) -> logits [B, V]``
     (default ``apply_top_p``). It is a seam for the notebook 02 lab, which plugs a
     learner's filter into a real engine run (``folo_edu.labs.m1_sampling``).
+    ``generator`` feeds the rows without a seed of their own (the engine seeds it with
+    ``LLM(seed=...)``, so unseeded runs repeat); None means torch's global RNG.
     """
 
-    def __init__(self, top_p_fn=apply_top_p):
+    def __init__(self, top_p_fn=apply_top_p, generator: torch.Generator | None = None):
         self.top_p_fn = top_p_fn
+        self.generator = generator
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         """Sample one token for each row of ``logits``, described by the same row of ``meta``."""
@@ -157,7 +166,20 @@ class Sampler:
         sampled_logprobs = logits.gather(1, tokens[:, None]).squeeze(1) - logsumexp
         token_list, logprob_list = tokens.tolist(), sampled_logprobs.tolist()
         top = self._top_logprobs(logits, logsumexp, token_list, logprob_list, params)
-        return SamplerOutput(token_list, logprob_list, top)
+        return SamplerOutput(token_list, logprob_list, top,
+                             self._ranks(logits, tokens, params))
+
+    @staticmethod
+    def _ranks(logits: torch.Tensor, tokens: torch.Tensor, params) -> list[int | None]:
+        """1 + how many tokens the raw model found strictly likelier, for logprob rows."""
+        rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        ranks: list[int | None] = [None] * len(params)
+        if rows:
+            index = torch.tensor(rows, device=logits.device)
+            chosen = logits[index].gather(1, tokens[index, None])
+            for i, r in zip(rows, ((logits[index] > chosen).sum(dim=1) + 1).tolist()):
+                ranks[i] = r
+        return ranks
 
     @staticmethod
     def _row_values(x: torch.Tensor, rows, params: list[SamplingParams],
@@ -180,7 +202,8 @@ class Sampler:
             if rows:
                 x = _on_rows(x, rows, fn, *self._row_values(x, rows, params, name))
         probs = x.softmax(dim=-1)
-        return probs.div_(_exponential_noise(generators, vocab, x)).argmax(dim=-1)
+        noise = _exponential_noise(generators, vocab, x, self.generator)
+        return probs.div_(noise).argmax(dim=-1)
 
     @staticmethod
     def _top_logprobs(logits: torch.Tensor, logsumexp: torch.Tensor, tokens: list[int],

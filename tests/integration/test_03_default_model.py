@@ -73,6 +73,19 @@ def test_stream_equals_whole_decode_with_multibyte_text(llm):
     assert len(pieces) > 5
 
 
+def test_stream_aborts_when_the_caller_stops_early(llm):
+    engine = llm.llm_engine
+    engine.add_request("other", "Hello", SamplingParams(temperature=0, max_tokens=30,
+                                                         ignore_eos=True))
+    gen = llm.stream("Once upon a time", SamplingParams(temperature=0, max_tokens=30,
+                                                         ignore_eos=True))
+    pieces = [next(gen), next(gen)]
+    gen.close()  # the caller stops early: its request is aborted, the other one stays
+    assert all(pieces) and set(engine._groups) == {"other"}
+    engine.abort_request("other")
+    assert engine.kv_manager.num_free_blocks == engine.kv_manager.num_blocks
+
+
 @pytest.mark.parametrize("include", [False, True])
 def test_stop_string_cuts_text(llm, include):
     params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True, stop=[" Paris"],
@@ -81,6 +94,20 @@ def test_stop_string_cuts_text(llm, include):
     assert out.finish_reason == "stop" and out.stop_reason == " Paris"
     assert out.text.endswith(" Paris") == include
     assert " Paris" not in out.text[:-len(" Paris")] if include else " Paris" not in out.text
+
+
+def test_stop_string_on_the_last_allowed_token_is_stop(llm):
+    """vLLM: a stop string wins over "length" even on the step that reaches max_tokens."""
+    prompt, greedy = "The capital of France is", SamplingParams(temperature=0, max_tokens=16,
+                                                                 ignore_eos=True)
+    full = llm.generate(prompt, greedy, use_tqdm=False)[0].outputs[0]
+    tok = llm.get_tokenizer()
+    n = next(i + 1 for i in range(len(full.token_ids))
+             if " Paris" in tok.decode(full.token_ids[:i + 1]))
+    params = greedy.clone(max_tokens=n, stop=[" Paris"])
+    out = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0]
+    assert len(out.token_ids) == n
+    assert out.finish_reason == "stop" and out.stop_reason == " Paris"
 
 
 def test_stop_token_ids_and_min_tokens(llm):
@@ -119,14 +146,20 @@ def test_logprobs_and_prompt_logprobs(llm, hf):
         row = ref[len(ids) - 1 + i]
         assert token in lp and len(lp) == 3  # greedy token is in the top 3
         assert set(lp) == set(row.topk(3).indices.tolist())
-        assert lp[token] == pytest.approx(row[token].item(), abs=1e-4)
+        for t, entry in lp.items():  # vLLM's Logprob: value, rank and the token's text
+            assert entry.logprob == pytest.approx(row[t].item(), abs=1e-4)
+            assert entry.rank == 1 + int((row > row[t]).sum())
+            assert entry.decoded_token == tok.decode([t])
+        assert lp[token].rank == 1  # greedy
     assert comp.cumulative_logprob == pytest.approx(
-        sum(lp[t] for t, lp in zip(comp.token_ids, comp.logprobs)), abs=1e-6)
+        sum(lp[t].logprob for t, lp in zip(comp.token_ids, comp.logprobs)), abs=1e-6)
     assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(ids)
     for pos in range(1, len(ids)):
         entry = out.prompt_logprobs[pos]
         assert ids[pos] in entry and len(entry) in (2, 3)
-        assert entry[ids[pos]] == pytest.approx(ref[pos - 1, ids[pos]].item(), abs=1e-4)
+        actual, row = entry[ids[pos]], ref[pos - 1]
+        assert actual.logprob == pytest.approx(row[ids[pos]].item(), abs=1e-4)
+        assert actual.rank == 1 + int((row > row[ids[pos]]).sum())
 
 
 def test_bad_prompts_raise_clear_errors(llm):

@@ -243,13 +243,17 @@ def test_budget_below_one_block_is_rejected(tiny_model_dir):
 
 # Written out by hand (not imported) so that a change to the machine fails this test.
 LEGAL = {(S.WAITING, S.RUNNING), (S.WAITING, S.FINISHED_ABORTED),
+         (S.WAITING, S.FINISHED_ERROR),
          (S.RUNNING, S.PREEMPTED), (S.RUNNING, S.FINISHED_STOPPED),
          (S.RUNNING, S.FINISHED_LENGTH), (S.RUNNING, S.FINISHED_ABORTED),
-         (S.PREEMPTED, S.RUNNING), (S.PREEMPTED, S.FINISHED_ABORTED)}
+         (S.RUNNING, S.FINISHED_ERROR),
+         (S.PREEMPTED, S.RUNNING), (S.PREEMPTED, S.FINISHED_ABORTED),
+         (S.PREEMPTED, S.FINISHED_ERROR),
+         (S.FINISHED_STOPPED, S.FINISHED_ERROR), (S.FINISHED_LENGTH, S.FINISHED_ERROR)}
 PATH_TO = {S.WAITING: [], S.RUNNING: [S.RUNNING], S.PREEMPTED: [S.RUNNING, S.PREEMPTED],
            S.FINISHED_STOPPED: [S.RUNNING, S.FINISHED_STOPPED],
            S.FINISHED_LENGTH: [S.RUNNING, S.FINISHED_LENGTH],
-           S.FINISHED_ABORTED: [S.FINISHED_ABORTED]}
+           S.FINISHED_ABORTED: [S.FINISHED_ABORTED], S.FINISHED_ERROR: [S.FINISHED_ERROR]}
 PAIRS = [(a, b) for a in S for b in S]
 
 
@@ -301,7 +305,8 @@ def test_preemption_resets_computed_tokens():
 
 @pytest.mark.parametrize("status,reason", [
     (S.WAITING, None), (S.RUNNING, None), (S.PREEMPTED, None),
-    (S.FINISHED_STOPPED, "stop"), (S.FINISHED_LENGTH, "length"), (S.FINISHED_ABORTED, "abort")])
+    (S.FINISHED_STOPPED, "stop"), (S.FINISHED_LENGTH, "length"), (S.FINISHED_ABORTED, "abort"),
+    (S.FINISHED_ERROR, "error")])
 def test_finish_reasons(status, reason):
     assert status.finish_reason == reason
     assert status.finished == (reason is not None)
