@@ -189,19 +189,30 @@ class SchedulerConfig:
     """How much work one engine step may take on.
 
     ``max_num_seqs`` caps the requests in one step, ``max_num_batched_tokens`` the
-    tokens. Without chunked prefill a whole prompt must fit in one step, so the
-    token budget defaults to at least max_model_len.
+    tokens. With chunked prefill (the default) a long prompt runs over several steps;
+    without it a whole prompt must fit in one step, so the token budget must be at least
+    max_model_len (refused at construction otherwise, as vLLM does, so nothing can
+    wait forever). ``long_prefill_token_threshold`` caps one prompt's tokens per step.
     """
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int | None = None
-    enable_chunked_prefill: bool = False
+    enable_chunked_prefill: bool = True
+    # vLLM's name: at most this many prompt tokens of one request per step (0 = no cap).
+    long_prefill_token_threshold: int = 0
 
     def __post_init__(self) -> None:
         _int_field("SchedulerConfig", "max_num_seqs", self.max_num_seqs, 1, "an int >= 1")
         _int_field("SchedulerConfig", "max_num_batched_tokens", self.max_num_batched_tokens, 1,
                    "an int >= 1 or None", optional=True)
         _bool_field("SchedulerConfig", "enable_chunked_prefill", self.enable_chunked_prefill)
+        _int_field("SchedulerConfig", "long_prefill_token_threshold",
+                   self.long_prefill_token_threshold, 0, "an int >= 0 (0 = no cap)")
+        if self.long_prefill_token_threshold and not self.enable_chunked_prefill:
+            raise _bad("SchedulerConfig", "long_prefill_token_threshold",
+                       self.long_prefill_token_threshold,
+                       "0 when enable_chunked_prefill is False (capping a prompt's tokens "
+                       "per step is chunking)")
 
 
 @dataclass
@@ -279,7 +290,8 @@ class EngineConfig:
                     seed=0, trust_remote_code=False, skip_tokenizer_init=False,
                     block_size=16, num_kv_blocks=None, kv_cache_memory_bytes=None,
                     kv_cache="paged", enable_prefix_caching=False, max_num_seqs=64,
-                    max_num_batched_tokens=None, enable_chunked_prefill=False,
+                    max_num_batched_tokens=None, enable_chunked_prefill=True,
+                    long_prefill_token_threshold=0,
                     attention_backend="auto", enforce_eager=False,
                     torch_compile=False) -> "EngineConfig":
         """Build all four configs from the flat keyword arguments ``LLM`` takes (plain
@@ -289,5 +301,6 @@ class EngineConfig:
                         skip_tokenizer_init),
             CacheConfig(block_size, num_kv_blocks, kv_cache_memory_bytes, kv_cache,
                         enable_prefix_caching),
-            SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill),
+            SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill,
+                            long_prefill_token_threshold),
             attention_backend, enforce_eager, torch_compile)

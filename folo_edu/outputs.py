@@ -42,11 +42,18 @@ class CompletionOutput:
 
 @dataclass
 class RequestMetrics:
-    """Wall-clock times (time.monotonic seconds) of one request's life."""
+    """Times (time.monotonic seconds) of one request's life; None until known.
+
+    ``token_times[i]`` is when output token i reached the host, so every inter-token
+    latency (ITL) can be read from here. With n > 1, the times of the first sample.
+    """
 
     arrival_time: float
     first_token_time: float | None = None
     finished_time: float | None = None
+    first_scheduled_time: float | None = None
+    last_token_time: float | None = None
+    token_times: list[float] = field(default_factory=list)
 
     @property
     def ttft(self) -> float | None:
@@ -54,6 +61,18 @@ class RequestMetrics:
         if self.first_token_time is None:
             return None
         return self.first_token_time - self.arrival_time
+
+    @property
+    def itls(self) -> list[float]:
+        """The gaps between consecutive output tokens, in seconds."""
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
+
+    @property
+    def queue_time(self) -> float | None:
+        """Arrival to first scheduled, in seconds."""
+        if self.first_scheduled_time is None:
+            return None
+        return self.first_scheduled_time - self.arrival_time
 
 
 @dataclass

@@ -77,7 +77,10 @@ class Request:
         self.eos_token_ids = frozenset(
             [eos_token_ids] if isinstance(eos_token_ids, int) else eos_token_ids or ())
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None
+        # When each output token reached the host (time.monotonic), for TTFT and ITL.
+        self.token_times: list[float] = []
         self.finished_time: float | None = None
         self.num_computed_tokens = 0
         self.status = RequestStatus.WAITING
@@ -134,8 +137,10 @@ class Request:
         self.status = new
 
     def append_output_token(self, token_id: int) -> None:
+        now = time.monotonic()
         if self.first_token_time is None:
-            self.first_token_time = time.monotonic()
+            self.first_token_time = now
+        self.token_times.append(now)
         self.output_token_ids.append(token_id)
 
     def __repr__(self) -> str:

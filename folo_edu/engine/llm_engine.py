@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from folo_edu.attention import require_available
 from folo_edu.config import EngineConfig
@@ -29,6 +30,21 @@ def load_tokenizer(path: str):
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"model={path!r}: no tokenizer could be loaded ({type(e).__name__}); "
                          "pass skip_tokenizer_init=True to run on token ids only") from e
+
+
+def percentiles(values, points=(50, 90, 99)) -> dict[str, float | None]:
+    """{"p50": ..., "p90": ..., "p99": ...} by linear interpolation; None without data."""
+    ordered = sorted(values)
+    out: dict[str, float | None] = {}
+    for p in points:
+        if not ordered:
+            out[f"p{p}"] = None
+            continue
+        x = (len(ordered) - 1) * p / 100
+        lo = int(x)
+        hi = min(lo + 1, len(ordered) - 1)
+        out[f"p{p}"] = ordered[lo] + (ordered[hi] - ordered[lo]) * (x - lo)
+    return out
 
 
 class EngineStepError(RuntimeError):
@@ -64,6 +80,8 @@ class LLMEngine:
         self._groups: dict[str, tuple[list[Request], RequestOutputKind]] = {}
         self._parent_of: dict[str, str] = {}
         self._last_step_tokens = 0
+        self._ttfts: deque[float] = deque(maxlen=10_000)  # seconds, finished requests
+        self._itls: deque[float] = deque(maxlen=10_000)
         # (request id, tokens, "prefill" | "decode") for each request of the last step,
         # for timelines and teaching; the engine itself never reads it.
         self.last_step: list[tuple[str, int, str]] = []
@@ -91,9 +109,9 @@ class LLMEngine:
         taken = [r for r in {request_id, *child_ids}
                  if r in self._groups or r in self.scheduler.requests]
         if taken:
-            raise ValueError(f"request_id={request_id!r}: the id {taken[0]!r} is in use by an "
-                             "unfinished request (a request with n>1 uses '<id>#<i>' for its "
-                             "samples); expected a new id")
+            raise ValueError(f"request_id={request_id!r}: {taken[0]!r} is already running (an "
+                             "unfinished request uses it; a request with n>1 uses "
+                             "'<id>#<i>' for its samples); expected a new id")
         text, token_ids = self._tokenize(prompt)
         max_tokens = self._check_lengths(token_ids, params)
         arrival = time.monotonic() if arrival_time is None else arrival_time
@@ -256,7 +274,15 @@ class LLMEngine:
                 del self._groups[parent]
                 for c in children:
                     self._parent_of.pop(c.request_id, None)
+                    self._record_latency(c)
         return outputs
+
+    def _record_latency(self, req: Request) -> None:
+        """Keep a finished sequence's TTFT and ITLs for get_stats() (the last 10,000)."""
+        if req.first_token_time is not None:
+            self._ttfts.append(req.first_token_time - req.arrival_time)
+        times = req.token_times
+        self._itls.extend(b - a for a, b in zip(times, times[1:]))
 
     def _finish_with_error(self, requests: list[Request]) -> list[RequestOutput]:
         """Mark these sequences FINISHED_ERROR (freeing their blocks); return the final
@@ -271,7 +297,10 @@ class LLMEngine:
         return self._outputs(touched)
 
     def get_stats(self) -> dict:
-        """Plain numbers about the engine right now (the plots and tests read these)."""
+        """Plain numbers about the engine right now (the plots and tests read these).
+
+        ttft_p50_s ... itl_p99_s: percentiles over the last 10,000 finished sequences'
+        time to first token and inter-token latencies (None before any finished)."""
         kv = self.kv_manager
         return {
             "kv_blocks_total": kv.num_blocks,
@@ -282,4 +311,6 @@ class LLMEngine:
             "num_waiting": len(self.scheduler.waiting),
             "num_preemptions": self.scheduler.num_preemptions,
             "num_batched_tokens_last_step": self._last_step_tokens,
+            **{f"ttft_{name}_s": value for name, value in percentiles(self._ttfts).items()},
+            **{f"itl_{name}_s": value for name, value in percentiles(self._itls).items()},
         }

@@ -77,10 +77,14 @@ class OutputProcessor:
             for c in children:
                 self.detok.pop(c.request_id, None)
                 self.sent_tokens.pop(c.request_id, None)
-        metrics = RequestMetrics(first.arrival_time,
-                                 min((c.first_token_time for c in children
-                                      if c.first_token_time is not None), default=None),
-                                 max((c.finished_time or 0 for c in children), default=None)
-                                 if finished else None)
+        metrics = RequestMetrics(
+            first.arrival_time,
+            min((c.first_token_time for c in children if c.first_token_time is not None),
+                default=None),
+            max((c.finished_time or 0 for c in children), default=None) if finished else None,
+            min((c.first_scheduled_time for c in children
+                 if c.first_scheduled_time is not None), default=None),
+            max((c.token_times[-1] for c in children if c.token_times), default=None),
+            list(first.token_times))
         return RequestOutput(request_id, first.prompt, first.prompt_token_ids, outputs,
                              finished, metrics, first.prompt_logprobs)

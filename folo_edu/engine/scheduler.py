@@ -1,12 +1,15 @@
 """Scheduler: which requests run this step, and how many tokens each (vLLM v1 rule).
 
 Every request carries num_computed_tokens. Each step it is owed
-num_tokens - num_computed_tokens more: the whole prompt on its first step
-(prefill), then one token per step (decode). The step has a token budget
-(max_num_batched_tokens) and a seat limit (max_num_seqs); running requests are
-served first, in FCFS order, then waiting ones join while room remains. So one
-step can mix prefills and decodes, and a finished request's seat is refilled at
-the very next step. This is continuous batching.
+num_tokens - num_computed_tokens more: its prompt (prefill), then one token per step
+(decode). The step has a token budget (max_num_batched_tokens) and a seat limit
+(max_num_seqs). Running requests are served first, decodes before unfinished prefills,
+then waiting ones join while room remains. So one step mixes prefills and decodes, and
+a finished request's seat is refilled at the very next step (continuous batching).
+
+With chunked prefill (the default, as in vLLM v1) a prompt that does not fit the budget
+left runs in chunks over several steps, while every running decode still gets its token
+each step (stall-free batching, Sarathi-Serve). ``tokens_this_step`` is that rule.
 
 When the KV cache runs out, the most recently admitted running request is
 preempted: its blocks are freed and it goes back to the front of the queue, to be
@@ -14,6 +17,7 @@ recomputed later. The scheduler never touches a tensor.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from folo_edu.config import SchedulerConfig
@@ -22,11 +26,29 @@ from folo_edu.kv_cache.manager import KVCacheManager
 from folo_edu.request import Request, RequestStatus
 
 
+def tokens_this_step(remaining: int, budget: int, threshold: int, chunked: bool) -> int:
+    """The chunk rule: how many of a request's ``remaining`` tokens run this step.
+
+    ``budget`` is what is left of max_num_batched_tokens; ``threshold`` is
+    long_prefill_token_threshold (0 = no cap). With chunked prefill a request takes what
+    fits; without it, all or nothing (0 means it waits). Notebook 07's lab plugs a
+    learner's version in through ``Scheduler.token_rule``.
+    """
+    n = min(remaining, threshold) if threshold > 0 else remaining
+    if n <= budget:
+        return n
+    return budget if chunked else 0
+
+
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_manager: KVCacheManager, max_model_len: int):
+    """Decides, each step, which requests run and how many tokens each gets."""
+
+    def __init__(self, config: SchedulerConfig, kv_manager: KVCacheManager, max_model_len: int,
+                 token_rule=tokens_this_step):
         self.config = config
         self.kv = kv_manager
         self.max_model_len = max_model_len
+        self.token_rule = token_rule
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -42,51 +64,56 @@ class Scheduler:
 
     # ---- one step -----------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
+        """Plan one step: running requests first (decodes, then unfinished chunked
+        prefills), then waiting ones in FCFS order while budget and seats remain."""
         budget = self.config.max_num_batched_tokens
         chunked = self.config.enable_chunked_prefill
-        scheduled: list[tuple[Request, int]] = []
+        threshold = self.config.long_prefill_token_threshold
+        scheduled: dict[str, tuple[Request, int]] = {}
         preempted: list[str] = []
 
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            n = req.num_tokens - req.num_computed_tokens
-            if n > budget:
-                if not chunked:
-                    i += 1
-                    continue
-                n = budget
+        # Decodes first, so no running decode waits behind a long prompt's chunk.
+        for req in sorted(self.running, key=lambda r: r.num_tokens - r.num_computed_tokens > 1):
+            if budget == 0:
+                break
+            if req.status != RequestStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            n = self.token_rule(req.num_tokens - req.num_computed_tokens, budget, threshold,
+                                chunked)
+            if n == 0:
+                continue
             while not self.kv.allocate_slots(req, n):
                 victim = self.running.pop()  # the most recently admitted
+                if victim.request_id in scheduled:  # it already had its share: give it back
+                    budget += scheduled.pop(victim.request_id)[1]
                 self._preempt(victim)
                 preempted.append(victim.request_id)
                 if victim is req:
                     break
             else:
-                scheduled.append((req, n))
+                scheduled[req.request_id] = (req, n)
                 budget -= n
-                i += 1
 
-        # New requests join only if nobody had to be preempted this step.
+        # New (or preempted) requests join only if nobody had to be preempted this step.
         while (self.waiting and not preempted and budget > 0
                and len(self.running) < self.config.max_num_seqs):
             req = self.waiting[0]
-            n = req.num_tokens - req.num_computed_tokens
-            if n > budget:
-                if not chunked:
-                    break
-                n = budget
-            if not self.kv.allocate_slots(req, n):
+            n = self.token_rule(req.num_tokens - req.num_computed_tokens, budget, threshold,
+                                chunked)
+            if n == 0 or not self.kv.allocate_slots(req, n):
                 break
             self.waiting.popleft()
             req.transition(RequestStatus.RUNNING)
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = time.monotonic()
             self.running.append(req)
-            scheduled.append((req, n))
+            scheduled[req.request_id] = (req, n)
             budget -= n
 
         # Batch order: decodes first, shortest context first, then prefills (stable).
-        scheduled.sort(key=lambda rn: (rn[1] != 1, rn[0].num_tokens if rn[1] == 1 else 0))
-        out = SchedulerOutput([self._plan(r, n) for r, n in scheduled],
+        order = sorted(scheduled.values(),
+                       key=lambda rn: (rn[1] != 1, rn[0].num_tokens if rn[1] == 1 else 0))
+        out = SchedulerOutput([self._plan(r, n) for r, n in order],
                               preempted, self._finished_ids)
         self._finished_ids = []
         self._check_invariants(out)
@@ -118,6 +145,8 @@ class Scheduler:
         assert len(self.running) <= self.config.max_num_seqs, \
             f"{len(self.running)} running, max_num_seqs {self.config.max_num_seqs}"
         assert all(s.num_new_tokens > 0 for s in out.scheduled), "a request got 0 tokens"
+        assert all(self.requests[s.request_id].status == RequestStatus.RUNNING
+                   for s in out.scheduled), "a scheduled request is not running"
 
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)

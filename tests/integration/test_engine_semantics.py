@@ -175,10 +175,10 @@ def test_child_ids_never_collide_with_user_ids(model_path):
     engine = _engine(model_path)
     p = SamplingParams(n=2, max_tokens=3, temperature=0)
     engine.add_request("a", {"prompt_token_ids": [5]}, p)
-    with pytest.raises(ValueError, match="'a#0' is in use"):
+    with pytest.raises(ValueError, match="'a#0' is already running"):
         engine.add_request("a#0", {"prompt_token_ids": [5]}, SamplingParams(max_tokens=3))
     engine.add_request("x#1", {"prompt_token_ids": [5]}, SamplingParams(max_tokens=3))
-    with pytest.raises(ValueError, match="'x#1' is in use"):
+    with pytest.raises(ValueError, match="'x#1' is already running"):
         engine.add_request("x", {"prompt_token_ids": [5]}, p)
     outs = _drain(engine)
     assert set(outs) == {"a", "x#1"} and len(outs["a"].outputs) == 2

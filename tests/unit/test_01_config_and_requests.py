@@ -189,7 +189,7 @@ def engine(tiny_model_dir, max_model_len=None, **kw):
 
 def test_batched_tokens_must_cover_max_model_len_without_chunked_prefill(tiny_model_dir):
     with pytest.raises(ValueError) as excinfo:
-        engine(tiny_model_dir, max_num_batched_tokens=256)
+        engine(tiny_model_dir, max_num_batched_tokens=256, enable_chunked_prefill=False)
     assert_names(excinfo, "SchedulerConfig", "max_num_batched_tokens", 256)
     assert "max_model_len=512" in str(excinfo.value)
     ok = engine(tiny_model_dir, max_num_batched_tokens=256, enable_chunked_prefill=True)
@@ -205,9 +205,21 @@ def test_batched_tokens_must_cover_max_num_seqs(tiny_model_dir):
 
 
 def test_batched_tokens_defaults(tiny_model_dir):
-    assert engine(tiny_model_dir).scheduler_config.max_num_batched_tokens == 2048
-    chunked = engine(tiny_model_dir, enable_chunked_prefill=True)
-    assert chunked.scheduler_config.max_num_batched_tokens == 2048
+    sc = engine(tiny_model_dir).scheduler_config
+    assert sc.enable_chunked_prefill and sc.max_num_batched_tokens == 2048  # vLLM v1: chunked
+    whole = engine(tiny_model_dir, enable_chunked_prefill=False)
+    assert whole.scheduler_config.max_num_batched_tokens == 2048
+
+
+@pytest.mark.parametrize("kw,exc", [
+    ({"long_prefill_token_threshold": -1}, ValueError),
+    ({"long_prefill_token_threshold": 2.5}, TypeError),
+    ({"long_prefill_token_threshold": 8, "enable_chunked_prefill": False}, ValueError)])
+def test_long_prefill_token_threshold_is_checked(kw, exc):
+    with pytest.raises(exc) as excinfo:
+        SchedulerConfig(**kw)
+    assert_names(excinfo, "SchedulerConfig", "long_prefill_token_threshold",
+                 kw["long_prefill_token_threshold"])
 
 
 def test_bad_attention_backend(tiny_model_dir):
