@@ -65,6 +65,8 @@ _CHECKS = {
     "hf_batch_size": (lambda v: v >= 1, "an int >= 1"),
     "hf_static_sample": (lambda v: v >= 1, "an int >= 1"),
     "hf_single_sample": (lambda v: v >= 0, "an int >= 0 (0: all of them)"),
+    "long_prompt_len": (lambda v: 1 <= v < 2048, "an int in [1, 2047]"),
+    "budgets": (lambda v: all(b >= 9 for b in v), "ints >= 9 (one token per running request)"),
 }
 
 
@@ -166,7 +168,7 @@ def _cmd_chat(args) -> int:
 def default_bench_output(workload: str, device: str) -> str:
     """A new file per run, so the committed benchmarks/results/*.json stay as they are:
     benchmarks/results/m1_single_cpu-20250131-142501.json."""
-    name = {"single": "m1_single", "offline": "m2_offline"}[workload]
+    name = {"single": "m1_single", "offline": "m2_offline", "latency": "m5_latency"}[workload]
     return f"benchmarks/results/{name}_{device}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
@@ -177,6 +179,8 @@ def _cmd_bench(args) -> int:
 
     device = resolve_bench_device(args.device)  # --device cuda without a GPU fails now
     output = args.output or default_bench_output(args.workload, device.type)
+    if args.workload == "latency":
+        return _cmd_bench_latency(args, output)
     cfg = BenchConfig(
         workload=args.workload, model=args.model, device=args.device, dtype=args.dtype,
         threads=args.threads, repeats=args.repeats, seed=args.seed, output=output,
@@ -188,6 +192,21 @@ def _cmd_bench(args) -> int:
         max_model_len=args.max_model_len, kv_cache=args.kv_cache,
         attention_backend=args.attention_backend)
     run(cfg)
+    return 0
+
+
+def _cmd_bench_latency(args, output: str) -> int:
+    """M5: running decodes while a long prompt arrives, chunked against unchunked."""
+    from folo_edu.bench import latency
+
+    cfg = latency.LatencyConfig(
+        model=args.model, device=args.device, dtype=args.dtype,
+        threads=(1, 2) if args.threads is None else (args.threads,),
+        repeats=args.repeats or 3, seed=args.seed, output=output,
+        long_prompt_len=args.long_prompt_len,
+        budgets=tuple(args.budgets) if args.budgets else latency.LatencyConfig.budgets,
+        attention_backend=args.attention_backend)
+    latency.run(cfg)
     return 0
 
 
@@ -264,9 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     help_ = ("benchmark folo_edu against transformers (M1 single, M2 offline); prints a "
              "table and saves JSON")
     p = sub.add_parser("bench", help=help_, description=help_, **fmt)
-    p.add_argument("--workload", choices=("single", "offline"), default="single",
+    p.add_argument("--workload", choices=("single", "offline", "latency"), default="single",
                    help="single: one request at a time, TTFT and decode tok/s (M1); offline: "
-                        "64 requests, continuous vs static batching vs one at a time (M2)")
+                        "64 requests, continuous vs static batching vs one at a time (M2); "
+                        "latency: ITL of running decodes while a long prompt arrives, "
+                        "chunked vs unchunked prefill (M5)")
     p.add_argument("--model", default=None,
                    help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
@@ -274,9 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"),
                    default="float32", help="both engines (auto: folo_edu's choice)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for both engines (default: torch's)")
+                   help="torch threads for both engines (default: torch's; latency: 1 "
+                        "and 2)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed repeats (default: 3 single, 1 offline)")
+                   help="timed repeats (default: 3 single, 1 offline, 3 latency)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     p.add_argument("--output", default=None,
                    help="JSON path; '-' saves nothing (default: a new timestamped file, "
@@ -297,7 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offline: time only K requests one at a time with HF and "
                         "extrapolate by tokens/s (0: all of them)")
     p.add_argument("--max-model-len", type=int, default=1024,
-                   help="folo_edu: longest prompt + output in tokens")
+                   help="folo_edu: longest prompt + output in tokens (latency: always "
+                        "2048)")
+    p.add_argument("--long-prompt-len", type=int, default=1500,
+                   help="latency: tokens of the prompt that arrives while 8 requests decode")
+    p.add_argument("--budgets", type=int, nargs="+", default=None,
+                   help="latency: chunked max_num_batched_tokens to sweep "
+                        "(default: 64 128 256 512 1024 2048)")
     p.add_argument("--kv-cache", choices=("paged", "contiguous"), default="paged",
                    help="folo_edu: KV cache layout")
     p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
