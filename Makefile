@@ -27,6 +27,7 @@ HF_HUB_OFFLINE ?= 1
 export HF_HUB_OFFLINE
 
 .PHONY: install lab test demo download clean student
+.PHONY: browser-test
 
 install: $(STAMP)
 
@@ -52,6 +53,16 @@ lab: download
 # small op wait on spinning threads (we measured tiny matmuls 100x slower that way).
 test: download
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n $(PYTEST_WORKERS) -rs --durations=10 tests notebooks --nbmake
+
+# The widget notebooks in JupyterLab in a real browser (scripts/browser_test.py): run all
+# cells, check the plots and widgets, move a slider. Needs Debian's chromium (installed
+# with apt when missing, as root) and the playwright package, which only drives it:
+# never `playwright install`, nothing downloads a browser.
+PLAYWRIGHT_SPEC ?= playwright==1.65.2
+browser-test: download
+	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	@$(VENV)/bin/python -c "import playwright" 2>/dev/null || $(VENV)/bin/pip install $(PLAYWRIGHT_SPEC)
+	$(VENV)/bin/python scripts/browser_test.py
 
 # Learner copies of the notebooks in student/: cells tagged `solution` removed, outputs
 # cleared (nbconvert's TagRemovePreprocessor and ClearOutputPreprocessor).
