@@ -169,7 +169,7 @@ class CacheConfig:
     num_kv_blocks: int | None = None
     kv_cache_memory_bytes: int | None = None
     kv_cache: str = "paged"
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool | None = None  # None: True when paged, False when contiguous
 
     def __post_init__(self) -> None:
         _int_field("CacheConfig", "block_size", self.block_size, 1, "an int >= 1")
@@ -178,10 +178,13 @@ class CacheConfig:
         _int_field("CacheConfig", "kv_cache_memory_bytes", self.kv_cache_memory_bytes, 1,
                    "an int >= 1 (bytes) or None", optional=True)
         _choice("CacheConfig", "kv_cache", self.kv_cache, KV_CACHE_KINDS)
+        if self.enable_prefix_caching is None:  # on with the paged cache, as in vLLM v1
+            self.enable_prefix_caching = self.kv_cache == "paged"
         _bool_field("CacheConfig", "enable_prefix_caching", self.enable_prefix_caching)
-        if self.enable_prefix_caching:
+        if self.enable_prefix_caching and self.kv_cache == "contiguous":
             raise _bad("CacheConfig", "enable_prefix_caching", True,
-                       "False: prefix caching is milestone M6 and is not built yet")
+                       "False with kv_cache='contiguous' (requests share cached prefixes "
+                       "block by block, and a contiguous cache has one block per request)")
 
 
 @dataclass
@@ -289,7 +292,7 @@ class EngineConfig:
     def from_kwargs(cls, model=None, *, dtype="auto", max_model_len=None, device="auto",
                     seed=0, trust_remote_code=False, skip_tokenizer_init=False,
                     block_size=16, num_kv_blocks=None, kv_cache_memory_bytes=None,
-                    kv_cache="paged", enable_prefix_caching=False, max_num_seqs=64,
+                    kv_cache="paged", enable_prefix_caching=None, max_num_seqs=64,
                     max_num_batched_tokens=None, enable_chunked_prefill=True,
                     long_prefill_token_threshold=0,
                     attention_backend="auto", enforce_eager=False,

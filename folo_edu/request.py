@@ -83,6 +83,7 @@ class Request:
         self.token_times: list[float] = []
         self.finished_time: float | None = None
         self.num_computed_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens found in the prefix cache when admitted
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.num_preemptions = 0

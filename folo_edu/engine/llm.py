@@ -16,7 +16,8 @@ class LLM:
     ``LLM()`` loads the default model (SmolLM2-135M-Instruct). Every keyword is
     one of EngineConfig.from_kwargs's: dtype, max_model_len, block_size,
     num_kv_blocks, kv_cache_memory_bytes, kv_cache ("paged"/"contiguous"),
-    max_num_seqs, max_num_batched_tokens, enable_chunked_prefill,
+    max_num_seqs, max_num_batched_tokens, enable_chunked_prefill (default True),
+    long_prefill_token_threshold, enable_prefix_caching (default: True when paged),
     attention_backend ("auto", "naive", "sdpa", "paged-torch", "flex", "triton"),
     enforce_eager (True: never use CUDA graphs), torch_compile, device, seed,
     skip_tokenizer_init.
@@ -25,6 +26,10 @@ class LLM:
     def __init__(self, model: str | None = None, **kwargs):
         self.llm_engine = LLMEngine(EngineConfig.from_kwargs(model, **kwargs))
         self._ids = itertools.count()
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix block (False while requests are running)."""
+        return self.llm_engine.reset_prefix_cache()
 
     def get_tokenizer(self):
         return self.llm_engine.tokenizer

@@ -72,7 +72,8 @@ class LLMEngine:
         self.vocab_size = mc.hf_config.vocab_size
         self.max_model_len = mc.max_model_len
         self.kv_manager = KVCacheManager(config.cache_config.num_kv_blocks,
-                                         config.tokens_per_block)
+                                         config.tokens_per_block,
+                                         config.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config, self.kv_manager, mc.max_model_len)
         self.model_runner = ModelRunner(config)
         self.output_processor = OutputProcessor(self.tokenizer)
@@ -195,6 +196,11 @@ class LLMEngine:
                                                   RequestStatus.FINISHED_ABORTED)
                 self.output_processor.detok.pop(child.request_id, None)
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix block. Like vLLM, refused (returns False, nothing
+        changed) while any request holds blocks; True once the cache is empty."""
+        return self.kv_manager.reset_prefix_cache()
+
     def has_unfinished_requests(self) -> bool:
         return bool(self._groups)
 
@@ -311,6 +317,11 @@ class LLMEngine:
             "num_waiting": len(self.scheduler.waiting),
             "num_preemptions": self.scheduler.num_preemptions,
             "num_batched_tokens_last_step": self._last_step_tokens,
+            "prefix_cache_queries": kv.prefix_cache_queries,
+            "prefix_cache_hits": kv.prefix_cache_hits,
+            "prefix_cache_hit_rate": (kv.prefix_cache_hits / kv.prefix_cache_queries
+                                      if kv.prefix_cache_queries else 0.0),
+            "prefix_cache_evictions": kv.pool.num_evictions,
             **{f"ttft_{name}_s": value for name, value in percentiles(self._ttfts).items()},
             **{f"itl_{name}_s": value for name, value in percentiles(self._itls).items()},
         }

@@ -87,4 +87,5 @@ class OutputProcessor:
             max((c.token_times[-1] for c in children if c.token_times), default=None),
             list(first.token_times))
         return RequestOutput(request_id, first.prompt, first.prompt_token_ids, outputs,
-                             finished, metrics, first.prompt_logprobs)
+                             finished, metrics, first.prompt_logprobs,
+                             num_cached_tokens=first.num_cached_tokens)

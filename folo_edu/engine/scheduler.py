@@ -98,14 +98,20 @@ class Scheduler:
         while (self.waiting and not preempted and budget > 0
                and len(self.running) < self.config.max_num_seqs):
             req = self.waiting[0]
-            n = self.token_rule(req.num_tokens - req.num_computed_tokens, budget, threshold,
-                                chunked)
-            if n == 0 or not self.kv.allocate_slots(req, n):
+            # A prefix-cache hit is a head start: those tokens are already computed. A
+            # request that wants prompt logprobs computes its whole prompt (as vLLM).
+            hit = ([] if req.sampling_params.prompt_logprobs is not None
+                   else self.kv.find_cached_prefix(req))
+            computed = len(hit) * self.kv.block_size
+            n = self.token_rule(req.num_tokens - computed, budget, threshold, chunked)
+            if n == 0 or not self.kv.allocate_slots(req, n, hit):
                 break
             self.waiting.popleft()
             req.transition(RequestStatus.RUNNING)
+            req.num_computed_tokens = computed
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = time.monotonic()
+                req.num_cached_tokens = computed
             self.running.append(req)
             scheduled[req.request_id] = (req, n)
             budget -= n
@@ -166,6 +172,7 @@ class Scheduler:
             if req is None:  # finished (aborted) between schedule() and now
                 continue
             req.num_computed_tokens += s.num_new_tokens
+            self.kv.cache_full_blocks(req)
             token = sampled.get(req.request_id)
             if token is None:  # a prefill chunk that did not reach the end yet
                 continue
