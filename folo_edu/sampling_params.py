@@ -42,10 +42,50 @@ def _check_float(name, value, lo, hi, allowed, lo_open=False):
 
 @dataclass
 class SamplingParams:
-    """Parameters for one request's sampling, with vLLM's defaults.
+    """Parameters for one request's sampling, with vLLM's names, meanings and defaults.
 
     temperature=0 means greedy. top_k=0 (or -1) and top_p=1 and min_p=0 switch
     those filters off. max_tokens=None means "until max_model_len".
+
+    Fields (default in brackets):
+
+    n: how many completions to return for the prompt; each is sampled on its own [1].
+    presence_penalty: subtracted from the logit of every token already generated at
+        least once; > 0 favours new tokens, < 0 repetition; in [-2, 2] [0.0].
+    frequency_penalty: subtracted once per earlier occurrence of the token in the
+        generated text; > 0 favours new tokens, < 0 repetition; in [-2, 2] [0.0].
+    repetition_penalty: divides positive (multiplies negative) logits of tokens seen in
+        the prompt or the output; > 1 favours new tokens, < 1 repetition [1.0].
+    temperature: divides the logits before sampling; lower is more deterministic, 0 is
+        greedy (the most likely token) [1.0].
+    top_p: nucleus sampling: keep the most likely tokens whose total probability reaches
+        top_p, in (0, 1]; 1 keeps all [1.0].
+    top_k: keep only the k most likely tokens; 0 or -1 keeps all [0].
+    min_p: drop tokens less likely than min_p times the most likely one; in [0, 1],
+        0 keeps all [0.0].
+    seed: seed of this request's own random generator, so its samples repeat; None uses
+        the engine's generator (seeded by LLM(seed=...)) [None].
+    stop: a string or a list of strings that end the request when the text contains one
+        (finish_reason "stop", stop_reason the string); cut off the text unless
+        include_stop_str_in_output [None, kept as an empty list].
+    stop_token_ids: token ids that end the request when sampled (finish_reason "stop",
+        stop_reason the id) [None, kept as an empty list].
+    ignore_eos: keep generating after the model's end-of-sequence token [False].
+    max_tokens: the most tokens to generate per completion; None means up to
+        max_model_len [16].
+    min_tokens: generate at least this many tokens before EOS or stop_token_ids may end
+        the request (their logits are masked until then) [0].
+    logprobs: also return, for each generated token, the log-probabilities of this many
+        most likely tokens plus the sampled one; None returns none [None].
+    prompt_logprobs: the same for every prompt token (from the prefill) [None].
+    skip_special_tokens: leave special tokens (such as EOS) out of the text [True].
+    include_stop_str_in_output: keep the matched stop string at the end of the
+        text [False].
+    output_kind: what LLMEngine.step returns for the request: CUMULATIVE (everything so
+        far), DELTA (only what is new) or FINAL_ONLY (only the finished output)
+        [RequestOutputKind.CUMULATIVE].
+    all_stop_token_ids: set by the engine, not by you: stop_token_ids plus the model's
+        EOS ids, which min_tokens masks [empty set].
     """
 
     n: int = 1
