@@ -168,7 +168,8 @@ def _cmd_chat(args) -> int:
 def default_bench_output(workload: str, device: str) -> str:
     """A new file per run, so the committed benchmarks/results/*.json stay as they are:
     benchmarks/results/m1_single_cpu-20250131-142501.json."""
-    name = {"single": "m1_single", "offline": "m2_offline", "latency": "m5_latency"}[workload]
+    name = {"single": "m1_single", "offline": "m2_offline", "latency": "m5_latency",
+            "prefix": "m6_prefix"}[workload]
     return f"benchmarks/results/{name}_{device}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
@@ -181,6 +182,8 @@ def _cmd_bench(args) -> int:
     output = args.output or default_bench_output(args.workload, device.type)
     if args.workload == "latency":
         return _cmd_bench_latency(args, output)
+    if args.workload == "prefix":
+        return _cmd_bench_prefix(args, output)
     cfg = BenchConfig(
         workload=args.workload, model=args.model, device=args.device, dtype=args.dtype,
         threads=args.threads, repeats=args.repeats, seed=args.seed, output=output,
@@ -207,6 +210,19 @@ def _cmd_bench_latency(args, output: str) -> int:
         budgets=tuple(args.budgets) if args.budgets else latency.LatencyConfig.budgets,
         attention_backend=args.attention_backend)
     latency.run(cfg)
+    return 0
+
+
+def _cmd_bench_prefix(args, output: str) -> int:
+    """M6: prefix caching: cached vs cold TTFT, a shared system prompt, hit rates."""
+    from folo_edu.bench import prefix
+
+    cfg = prefix.PrefixConfig(
+        model=args.model, device=args.device, dtype=args.dtype,
+        threads=(1, 2) if args.threads is None else (args.threads,),
+        repeats=args.repeats or 3, seed=args.seed, output=output,
+        num_requests=args.num_requests, attention_backend=args.attention_backend)
+    prefix.run(cfg)
     return 0
 
 
@@ -283,11 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     help_ = ("benchmark folo_edu against transformers (M1 single, M2 offline); prints a "
              "table and saves JSON")
     p = sub.add_parser("bench", help=help_, description=help_, **fmt)
-    p.add_argument("--workload", choices=("single", "offline", "latency"), default="single",
+    p.add_argument("--workload", choices=("single", "offline", "latency", "prefix"),
+                   default="single",
                    help="single: one request at a time, TTFT and decode tok/s (M1); offline: "
                         "64 requests, continuous vs static batching vs one at a time (M2); "
                         "latency: ITL of running decodes while a long prompt arrives, "
-                        "chunked vs unchunked prefill (M5)")
+                        "chunked vs unchunked prefill (M5); prefix: TTFT with a cached "
+                        "1,024-token prefix vs cold, requests sharing a 512-token system "
+                        "prompt with caching on/off vs transformers, hit rates (M6)")
     p.add_argument("--model", default=None,
                    help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
@@ -295,10 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16", "auto"),
                    default="float32", help="both engines (auto: folo_edu's choice)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for both engines (default: torch's; latency: 1 "
-                        "and 2)")
+                   help="torch threads for both engines (default: torch's; latency and "
+                        "prefix: 1 and 2)")
     p.add_argument("--repeats", type=int, default=None,
-                   help="timed repeats (default: 3 single, 1 offline, 3 latency)")
+                   help="timed repeats (default: 3 single, 1 offline, 3 latency, 3 prefix)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     p.add_argument("--output", default=None,
                    help="JSON path; '-' saves nothing (default: a new timestamped file, "
@@ -306,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "that the committed results change only when named here)")
     p.add_argument("--num-prompts", type=int, default=5, help="single: prompts (64..200 tokens)")
     p.add_argument("--new-tokens", type=int, default=128, help="single: tokens per prompt")
-    p.add_argument("--num-requests", type=int, default=64, help="offline: requests")
+    p.add_argument("--num-requests", type=int, default=64,
+                   help="offline: requests; prefix: requests sharing the system prompt")
     p.add_argument("--min-len", type=int, default=16,
                    help="offline: prompt and output lengths are uniform in [min-len, max-len]")
     p.add_argument("--max-len", type=int, default=256, help="offline: see --min-len")
