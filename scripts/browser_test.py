@@ -123,10 +123,20 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 # ---- in the browser ---------------------------------------------------------------------
-NOTEBOOK_READY = """() => {
+NOTEBOOK_READY = """name => {
   const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
-  return !!(k && k.connectionStatus === 'connected' && k.status === 'idle' && w.content.model);
+  return !!(k && w.context.path === name && k.connectionStatus === 'connected' &&
+            k.status === 'idle' && w.content.model);
+}"""
+
+# JupyterLab is loaded once; each notebook is opened in it, then closed without saving.
+OPEN = """async name => { await window.jupyterapp.commands.execute(
+  'docmanager:open', {path: name, factory: 'Notebook'}); }"""
+CLOSE = """async () => {
+  const w = window.jupyterapp.shell.currentWidget;
+  await w.sessionContext.shutdown();
+  w.dispose();
 }"""
 
 RUN_ALL = """() => {
@@ -168,19 +178,29 @@ WIDGET_IMAGES = """() => {
 }"""
 
 
-def check_notebook(ctx, base: str, token: str, name: str, shots: Path) -> list[str]:
-    """Open, run all, check; move a slider, check. The problems found (empty: passed)."""
+def open_lab(ctx, base: str, token: str):
+    """A page with JupyterLab loaded in an empty workspace of its own."""
     page = ctx.new_page()
+    page.goto(f"{base}/lab/workspaces/browser-test?reset&token={token}")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell",
+                           timeout=90_000, polling=250)
+    page.evaluate("async () => { await window.jupyterapp.restored; }")
+    page.wait_for_function("() => window.jupyterapp.commands.hasCommand('docmanager:open')",
+                           timeout=30_000, polling=250)
+    return page
+
+
+def check_notebook(page, base: str, token: str, name: str, shots: Path) -> list[str]:
+    """Open, run all, check; move a slider, check. The problems found (empty: passed)."""
     problems = []
     try:
         t0 = time.monotonic()
-        # a workspace of its own, so that JupyterLab does not reopen the notebooks before
-        page.goto(f"{base}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}")
-        page.wait_for_function(NOTEBOOK_READY, timeout=90_000, polling=250)
+        page.evaluate(OPEN, name)
+        page.wait_for_function(NOTEBOOK_READY, arg=name, timeout=90_000, polling=250)
         page.evaluate(RUN_ALL)
         page.wait_for_function("() => window.__runAll !== undefined",
                                timeout=RUN_TIMEOUT_S * 1000, polling=500)
-        page.wait_for_function(NOTEBOOK_READY, timeout=60_000, polling=250)
+        page.wait_for_function(NOTEBOOK_READY, arg=name, timeout=60_000, polling=250)
         run = page.evaluate("() => window.__runAll")
         # give the last images a moment to decode
         page.wait_for_function(
@@ -214,11 +234,10 @@ def check_notebook(ctx, base: str, token: str, name: str, shots: Path) -> list[s
             problems.append(f"screenshot: {shot}")
         except Exception:
             pass
-    try:  # shut the kernel down before the next notebook starts its own
-        page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    try:  # shut the kernel down and close the notebook before the next one opens
+        page.evaluate(CLOSE)
     except Exception:
         pass
-    page.close()
     shutdown_kernels(base, token)
     return problems
 
@@ -305,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                 str(tmp / "chromium-profile"), executable_path=CHROMIUM, headless=True,
                 args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
             try:
+                page = open_lab(ctx, base, token)
                 for nb in notebooks:
-                    problems = check_notebook(ctx, base, token, nb.name, tmp)
+                    problems = check_notebook(page, base, token, nb.name, tmp)
                     if problems:
                         failures[nb.name] = problems
             finally:
