@@ -1,4 +1,4 @@
-"""The folo-edu command: download | generate | chat | bench.
+"""The folo-edu command: download | generate | chat | bench | check.
 
 Every flag is checked before anything slow happens (importing the engine, loading the
 model, running a benchmark), and a bad one ends the command with one line naming the
@@ -14,7 +14,8 @@ import time
 
 DESCRIPTION = ("An educational vLLM-style inference engine. Commands: download (fetch the "
                "default model), generate (complete a prompt), chat (talk on stdin/stdout), "
-               "bench (time folo_edu against transformers).")
+               "bench (time folo_edu against transformers), check (run a learner's notebook "
+               "and report its lab checks).")
 EPILOG = "Each command has its own flags: folo-edu COMMAND --help."
 
 EXIT_USAGE = 2  # a bad flag or value (argparse's code too)
@@ -213,6 +214,23 @@ def _cmd_bench_latency(args, output: str) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    """Run a learner's notebook and print each lab check's result; 0 only if all pass."""
+    from pathlib import Path
+
+    if not Path(args.notebook).is_file():
+        raise UsageError(f"{args.notebook}: no such notebook")
+    if args.timeout < 1:
+        raise UsageError(f"--timeout={args.timeout}: expected an int >= 1")
+    from folo_edu.labs.grading import grade_notebook
+
+    print(f"running {args.notebook} (a fresh python3 kernel, up to {args.timeout} s a cell)",
+          flush=True)
+    grade = grade_notebook(args.notebook, timeout=args.timeout, output=args.output)
+    print(grade.report())
+    return 0 if grade.passed else 1
+
+
 def _cmd_bench_prefix(args, output: str) -> int:
     """M6: prefix caching: cached vs cold TTFT, a shared system prompt, hit rates."""
     from folo_edu.bench import prefix
@@ -351,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
                    help="folo_edu: attention implementation")
     p.set_defaults(func=_cmd_bench, command_parser=p)
+
+    help_ = ("run a learner's notebook top to bottom and report every lab check: Correct, "
+             "Not answered yet or Not right yet; exit code 0 only if all are correct")
+    p = sub.add_parser("check", help=help_, description=help_, **fmt)
+    p.add_argument("notebook", help="the .ipynb file to run (it is not changed)")
+    p.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
+    p.add_argument("--output", default=None,
+                   help="save the executed notebook here (default: not saved)")
+    p.set_defaults(func=_cmd_check, command_parser=p)
     return parser
 
 
