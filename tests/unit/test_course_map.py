@@ -28,8 +28,10 @@ def cells(name: str) -> list[dict]:
 
 
 def test_built_milestones_are_the_notebooks_that_exist():
-    assert course.built_notebooks() == existing_notebooks(), (
-        "notebooks/ and the milestones marked built in folo_edu/course.py differ: " + FIX)
+    built, exist = set(course.built_notebooks()), set(existing_notebooks())
+    assert built == exist, (
+        f"in notebooks/ but not marked built in folo_edu/course.py: {sorted(exist - built)}; "
+        f"marked built but missing: {sorted(built - exist)}. " + FIX)
     for nb in existing_notebooks():
         assert course.milestone_of(nb) is not None, f"{nb} is in no milestone of course.py"
 
