@@ -11,6 +11,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine_runs import run_with_arrivals
+
 from folo_edu import SamplingParams
 from folo_edu.engine.llm_engine import LLMEngine
 from folo_edu.engine.scheduler import tokens_this_step
@@ -189,26 +191,13 @@ def test_property_chunking_preemption_aborts_prompt_logprobs(model_path, data):
                              prompt_logprobs=data.draw(st.sampled_from([None, 0, 2])),
                              logprobs=1) for i in range(n)]
 
-    def run(engine, abort):
-        outs, step = {}, 0
-        while step <= max(arrivals) or engine.has_unfinished_requests():
-            for i in range(n):
-                if arrivals[i] == step:
-                    engine.add_request(f"r{i}", {"prompt_token_ids": prompts[i]}, params[i])
-                if abort and aborts.get(i) == step and f"r{i}" in engine._groups:
-                    engine.abort_request(f"r{i}")
-            for out in engine.step():
-                if out.finished:
-                    outs[out.request_id] = out
-            step += 1
-            assert step < 2000
-        assert engine.kv_manager.num_free_blocks == engine.kv_manager.num_blocks
-        return outs
-
-    free = run(_engine(model_path, max_num_batched_tokens=256, max_num_seqs=8), abort=False)
-    tight = run(_engine(model_path, max_num_batched_tokens=budget, max_num_seqs=min(budget, 4),
-                        long_prefill_token_threshold=threshold, num_kv_blocks=blocks,
-                        max_model_len=48), abort=True)
+    free = run_with_arrivals(_engine(model_path, max_num_batched_tokens=256, max_num_seqs=8),
+                             prompts, params, arrivals)
+    tight = run_with_arrivals(_engine(model_path, max_num_batched_tokens=budget,
+                                      max_num_seqs=min(budget, 4),
+                                      long_prefill_token_threshold=threshold,
+                                      num_kv_blocks=blocks, max_model_len=48),
+                              prompts, params, arrivals, aborts)
     for rid, out in tight.items():
         i = int(rid[1:])
         ref, got = free[rid], out.outputs[0]

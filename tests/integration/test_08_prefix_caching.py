@@ -12,6 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine_runs import run_with_arrivals
+
 from folo_edu import LLM, SamplingParams
 from folo_edu.engine.llm_engine import LLMEngine
 
@@ -211,28 +213,12 @@ def test_property_prefix_cache_bookkeeping_and_tokens(model_path, data):
     params = [SamplingParams(temperature=0, max_tokens=data.draw(st.integers(1, 8)),
                              ignore_eos=True) for _ in range(n)]
 
-    def run(engine, abort):
-        outs, step = {}, 0
-        while step <= max(arrivals) or engine.has_unfinished_requests():
-            for i in range(n):
-                if arrivals[i] == step:
-                    engine.add_request(f"r{i}", {"prompt_token_ids": prompts[i]}, params[i])
-                if abort and aborts.get(i) == step and f"r{i}" in engine._groups:
-                    engine.abort_request(f"r{i}")
-            for out in engine.step():
-                if out.finished:
-                    outs[out.request_id] = out.outputs[0]
-            check_bookkeeping(engine)
-            step += 1
-            assert step < 2000
-        assert engine.kv_manager.num_free_blocks == engine.kv_manager.num_blocks
-        return outs
-
-    free = run(_engine(model_path, enable_prefix_caching=False, max_num_batched_tokens=512),
-               abort=False)
-    tight = run(_engine(model_path, max_num_batched_tokens=budget, max_num_seqs=4,
-                        num_kv_blocks=blocks, max_model_len=40), abort=True)
+    free = run_with_arrivals(_engine(model_path, enable_prefix_caching=False,
+                                     max_num_batched_tokens=512), prompts, params, arrivals)
+    tight = run_with_arrivals(_engine(model_path, max_num_batched_tokens=budget, max_num_seqs=4,
+                                      num_kv_blocks=blocks, max_model_len=40),
+                              prompts, params, arrivals, aborts, after_step=check_bookkeeping)
     for rid, out in tight.items():
-        ref = free[rid].token_ids
-        assert out.token_ids == (ref[:len(out.token_ids)] if out.finish_reason == "abort"
+        got, ref = out.outputs[0], free[rid].outputs[0].token_ids
+        assert got.token_ids == (ref[:len(got.token_ids)] if got.finish_reason == "abort"
                                  else ref)
