@@ -63,6 +63,7 @@ _CHECKS = {
     "min_len": (lambda v: v >= 1, "an int >= 1"),
     "max_len": (lambda v: v >= 1, "an int >= 1"),
     "max_num_seqs": (lambda v: v >= 1, "an int >= 1"),
+    "max_pending": (lambda v: v >= 1, "an int >= 1"),
     "hf_batch_size": (lambda v: v >= 1, "an int >= 1"),
     "hf_static_sample": (lambda v: v >= 1, "an int >= 1"),
     "hf_single_sample": (lambda v: v >= 0, "an int >= 0 (0: all of them)"),
@@ -231,6 +232,24 @@ def _cmd_check(args) -> int:
     return 0 if grade.passed else 1
 
 
+def _cmd_serve(args) -> int:
+    """An OpenAI-compatible server (folo_edu/entrypoints) until SIGINT/SIGTERM."""
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port={args.port}: expected an int in [0, 65535]")
+    from folo_edu.engine.llm_engine import LLMEngine
+    from folo_edu.entrypoints.api_server import serve
+    from folo_edu.models.default_model import DEFAULT_MODEL_NAME
+
+    engine = LLMEngine.from_kwargs(
+        args.model, max_model_len=args.max_model_len, seed=args.seed,
+        attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+        torch_compile=args.torch_compile, max_num_seqs=args.max_num_seqs)
+    name = args.served_model_name or args.model or DEFAULT_MODEL_NAME
+    serve(engine, name, args.host, args.port, api_key=args.api_key,
+          max_pending=args.max_pending)
+    return 0
+
+
 def _cmd_bench_prefix(args, output: str) -> int:
     """M6: prefix caching: cached vs cold TTFT, a shared system prompt, hit rates."""
     from folo_edu.bench import prefix
@@ -313,6 +332,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help=help_, description=help_, **fmt)
     _add_model_args(p, 256, ATTENTION_BACKENDS)
     p.set_defaults(func=_cmd_chat, command_parser=p)
+
+    help_ = ("serve an OpenAI-compatible API (/v1/completions, /v1/chat/completions, "
+             "/v1/models, /health, /metrics) until Ctrl-C or SIGTERM")
+    p = sub.add_parser("serve", help=help_, description=help_, **fmt)
+    p.add_argument("--model", default=None,
+                   help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct, "
+                        "fetched by folo-edu download)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every /v1 route "
+                        "(default: no key)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the model name clients send (default: --model, or "
+                        "SmolLM2-135M-Instruct)")
+    p.add_argument("--max-pending", type=int, default=1024,
+                   help="most unfinished requests; more get HTTP 429")
+    p.add_argument("--max-model-len", type=int, default=2048,
+                   help="longest prompt + answer in tokens, >= 1")
+    p.add_argument("--max-num-seqs", type=int, default=64,
+                   help="most requests in one batch")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the engine (requests without a seed use it)")
+    p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
+                   help="attention implementation; auto picks the best one that runs here")
+    p.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="torch.compile the dense layer work (slow start)")
+    p.set_defaults(func=_cmd_serve, command_parser=p)
 
     help_ = ("benchmark folo_edu against transformers (M1 single, M2 offline); prints a "
              "table and saves JSON")
