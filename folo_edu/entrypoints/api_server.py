@@ -331,6 +331,7 @@ def build_app(front: AsyncEngine, model_name: str, metrics: ServerMetrics, *,
     async def lifespan(app):
         yield
         front.shutdown()
+        log.info("engine thread stopped after %d steps", front.num_steps)
 
     app = FastAPI(title="folo_edu OpenAI-compatible server", lifespan=lifespan)
     app.state.server = server
@@ -414,10 +415,18 @@ def make_server(engine, model_name: str, *, api_key: str | None = None,
 def serve(engine, model_name: str, host: str = "127.0.0.1", port: int = 8000, *,
           api_key: str | None = None, max_pending: int = 1024, log_level: str = "info",
           sock=None) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn handles both: it stops taking connections,
-    lets the open ones finish for a moment, then the engine thread is stopped)."""
+    """Serve until SIGINT/SIGTERM. uvicorn handles both: it stops taking connections,
+    lets the open ones finish (up to 5 s), the engine thread is stopped (its unfinished
+    requests aborted), and then uvicorn raises the signal again, so the process ends
+    the way a signalled process does (SIGINT: KeyboardInterrupt, exit code 130)."""
     import uvicorn
 
+    if not log.handlers:  # our lines next to uvicorn's, in the same style
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(getattr(logging, log_level.upper(), logging.INFO))
+        log.propagate = False
     app, _ = make_server(engine, model_name, api_key=api_key, max_pending=max_pending)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=5)
