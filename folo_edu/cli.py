@@ -1,4 +1,4 @@
-"""The folo-edu command: download | generate | chat | bench | check.
+"""The folo-edu command: download | generate | chat | bench | check | quantize.
 
 Every flag is checked before anything slow happens (importing the engine, loading the
 model, running a benchmark), and a bad one ends the command with one line naming the
@@ -15,7 +15,7 @@ import time
 DESCRIPTION = ("An educational vLLM-style inference engine. Commands: download (fetch the "
                "default model), generate (complete a prompt), chat (talk on stdin/stdout), "
                "bench (time folo_edu against transformers), check (run a learner's notebook "
-               "and report its lab checks).")
+               "and report its lab checks), quantize (write a GPTQ or RTN checkpoint).")
 EPILOG = "Each command has its own flags: folo-edu COMMAND --help."
 
 EXIT_USAGE = 2  # a bad flag or value (argparse's code too)
@@ -69,6 +69,10 @@ _CHECKS = {
     "hf_single_sample": (lambda v: v >= 0, "an int >= 0 (0: all of them)"),
     "long_prompt_len": (lambda v: 1 <= v < 2048, "an int in [1, 2047]"),
     "budgets": (lambda v: all(b >= 9 for b in v), "ints >= 9 (one token per running request)"),
+    "group_size": (lambda v: v == -1 or v >= 1, "an int >= 1, or -1 (one group per output "
+                                                "channel)"),
+    "num_samples": (lambda v: v >= 1, "an int >= 1"),
+    "seq_len": (lambda v: v >= 2, "an int >= 2"),
 }
 
 
@@ -263,6 +267,36 @@ def _cmd_bench_prefix(args, output: str) -> int:
     return 0
 
 
+def _cmd_quantize(args) -> int:
+    """M7: quantize a float checkpoint to a GPTQ folder that generate --model loads."""
+    from pathlib import Path
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out={args.out}: is a file; expected a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out={args.out}: the folder is not empty; expected a new or "
+                         "empty folder")
+    from folo_edu.quantization import GPTQConfig, quantize
+
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {message}", flush=True)
+
+    try:  # every setting is checked against the model before any layer is quantized
+        GPTQConfig(args.bits, args.group_size, args.desc_act, not args.asym)
+        folder = quantize(args.model, out, method=args.method, bits=args.bits,
+                          group_size=args.group_size, desc_act=args.desc_act,
+                          sym=not args.asym, num_samples=args.num_samples,
+                          seq_len=args.seq_len, seed=args.seed, progress=progress)
+    except ValueError as e:  # quantization_config.group_size=... -> --group-size=...
+        raise UsageError(re.sub(r"quantization_config\.(\w+)=",
+                                lambda m: f"--{m.group(1).replace('_', '-')}=", str(e))) from e
+    print(f"wrote {folder}; run it with: folo-edu generate --model {folder} PROMPT")
+    return 0
+
+
 # ---- the parser ----------------------------------------------------------------------
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every flag's default: '(default: X)' unless the help already says it, and
@@ -427,6 +461,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None,
                    help="save the executed notebook here (default: not saved)")
     p.set_defaults(func=_cmd_check, command_parser=p)
+
+    help_ = ("quantize a model's linear layers to a GPTQ checkpoint (Hugging Face layout) "
+             "with GPTQ or round-to-nearest; one progress line per decoder layer")
+    p = sub.add_parser("quantize", help=help_, description=help_, **fmt)
+    p.add_argument("--out", required=True, help="folder to write the checkpoint to (new or "
+                                                "empty; required, no default)")
+    p.add_argument("--model", default=None,
+                   help="float HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--method", choices=("gptq", "rtn"), default="gptq",
+                   help="gptq: calibrated, error-compensating (Frantar et al. 2022); rtn: "
+                        "round each weight to nearest, no calibration")
+    p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=4, help="bits per weight")
+    p.add_argument("--group-size", type=int, default=128,
+                   help="input features sharing one scale and zero point; -1: one group per "
+                        "output channel")
+    p.add_argument("--desc-act", action="store_true",
+                   help="act-order: GPTQ quantizes the input features with the largest "
+                        "Hessian diagonal first")
+    p.add_argument("--asym", action="store_true",
+                   help="asymmetric grid (a zero point per group) instead of symmetric")
+    p.add_argument("--num-samples", type=int, default=128,
+                   help="gptq: calibration windows of Shakespeare")
+    p.add_argument("--seq-len", type=int, default=512, help="gptq: tokens per calibration window")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration windows' offsets, >= 0")
+    p.set_defaults(func=_cmd_quantize, command_parser=p)
     return parser
 
 

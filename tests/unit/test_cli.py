@@ -70,6 +70,10 @@ BAD_FLAGS = [
     (["bench", "--threads", "0"], "--threads=0: expected an int >= 1"),
     (["bench", "--min-len", "50", "--max-len", "10"], "--min-len=50: expected <= --max-len=10"),
     (["bench", "--hf-single-sample=-1"], "--hf-single-sample=-1: expected an int >= 0"),
+    (["quantize", "--out", "x", "--group-size", "0"],
+     "--group-size=0: expected an int >= 1, or -1"),
+    (["quantize", "--out", "x", "--num-samples", "0"], "--num-samples=0: expected an int >= 1"),
+    (["quantize", "--out", "x", "--seq-len", "1"], "--seq-len=1: expected an int >= 2"),
 ]
 
 
@@ -90,6 +94,9 @@ def test_bad_values_name_the_flag_and_fail_before_loading(capsys, monkeypatch, a
     (["generate"], "the following arguments are required: prompt"),
     (["bogus"], "invalid choice: 'bogus'"),
     (["bench", "--device", "tpu"], "invalid choice: 'tpu'"),
+    (["quantize", "--out", "x", "--bits", "5"], "argument --bits: invalid choice: 5"),
+    (["quantize", "--out", "x", "--method", "awq"], "invalid choice: 'awq'"),
+    (["quantize"], "the following arguments are required: --out"),
 ])
 def test_parse_errors_are_one_line_with_exit_code_2(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
@@ -109,6 +116,50 @@ def test_library_errors_are_renamed_to_flags(capsys, monkeypatch):
     assert capsys.readouterr().err == (
         "folo-edu: error: --max-model-len=99999: expected an int in [1, 8192]; "
         "prompt has 7 tokens; expected at most --max-model-len - 1\n")
+
+
+# ---- quantize --------------------------------------------------------------------------
+@pytest.fixture
+def no_quantizing(monkeypatch):
+    """Fail the test if any layer gets quantized: the flags must be refused before."""
+    monkeypatch.setattr("folo_edu.quantization.calibrate.quantize_model",
+                        lambda *a, **k: pytest.fail("a layer was quantized"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--group-size", "100000"], "--group-size=100000: expected at most the layer's"),
+    (["--group-size", "128"], "--group-size=128: expected at most the layer's 64 input"),
+])
+def test_quantize_refuses_settings_the_model_cannot_take_before_quantizing(
+        capsys, tiny_model_dir, tmp_path, no_quantizing, extra, message):
+    argv = ["quantize", "--model", str(tiny_model_dir()), "--out", str(tmp_path / "q"), *extra]
+    capsys.readouterr()  # building the tiny model prints a progress bar
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("folo-edu: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_quantize_refuses_a_non_empty_out_folder(capsys, tmp_path, no_quantizing):
+    (tmp_path / "keep.txt").write_text("mine")
+    assert cli.main(["quantize", "--out", str(tmp_path)]) == 2
+    assert "--out=" in capsys.readouterr().err and (tmp_path / "keep.txt").exists()
+
+
+def test_quantize_writes_a_checkpoint_with_a_line_per_layer(capsys, tiny_model_dir, tmp_path):
+    import json
+
+    source = tiny_model_dir()
+    layers = json.loads((source / "config.json").read_text())["num_hidden_layers"]
+    out = tmp_path / "q"
+    capsys.readouterr()
+    assert cli.main(["quantize", "--model", str(source), "--method", "rtn", "--bits", "8",
+                     "--group-size", "-1", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines[:layers]] == [
+        f"rtn 8-bit: layer {i + 1}/{layers}" for i in range(layers)]
+    assert lines[-1].startswith(f"wrote {out}") and "generate --model" in lines[-1]
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (config["bits"], config["group_size"], config["sym"]) == (8, -1, True)
 
 
 # ---- streamed text, errors and Ctrl-C ----------------------------------------------------
