@@ -1,4 +1,4 @@
-"""The folo-edu command: download | generate | chat | bench | check | quantize.
+"""The folo-edu command: download | generate | chat | serve | bench | check | quantize.
 
 Every flag is checked before anything slow happens (importing the engine, loading the
 model, running a benchmark), and a bad one ends the command with one line naming the
@@ -14,7 +14,7 @@ import time
 
 DESCRIPTION = ("An educational vLLM-style inference engine. Commands: download (fetch the "
                "default model), generate (complete a prompt), chat (talk on stdin/stdout), "
-               "bench (time folo_edu against transformers), check (run a learner's notebook "
+               "serve (an OpenAI-compatible HTTP server), bench (time folo_edu against transformers), check (run a learner's notebook "
                "and report its lab checks), quantize (write a GPTQ or RTN checkpoint).")
 EPILOG = "Each command has its own flags: folo-edu COMMAND --help."
 
