@@ -15,8 +15,8 @@ Three measurements, on one engine whose KV cache manager is swapped between sett
                  after another, so the first request's TTFT is cold and the others' warm),
                  and on the real Scheduler and KVCacheManager with a fake model
                  (``replay_hit_rate``) for two arrival patterns: one after another, and
-                 all at once (then requests admitted in the same step as the one that
-                 computes the prefix cannot hit it: blocks are cached after their step)
+                 all at once (requests admitted in the same step share the blocks the
+                 first one fills: blocks are cached at allocation)
 
     prefix_workload      the shared-prefix requests (random token ids, fixed seed)
     set_prefix_caching   give an idle engine a fresh KV cache manager, caching on or off
@@ -395,9 +395,8 @@ METHOD = {
                      "ignored, output_len tokens each; all added at once, the engine "
                      "stepped until all finish. Output tokens/s = output tokens / wall "
                      "time. caching-off: enable_prefix_caching=False; caching-on-cold: on, "
-                     "empty cache at the start (requests admitted in the same step as the "
-                     "first ones cannot hit: blocks are cached after the step that computed "
-                     "them); caching-on-warm: on, the system prompt computed by one earlier "
+                     "empty cache at the start (requests admitted in the same step share "
+                     "the blocks the first one fills: blocks are cached at allocation); caching-on-warm: on, the system prompt computed by one earlier "
                      "request (untimed). transformers: generate on one static batch of all "
                      "the prompts (equal lengths, so no padding). Settings interleaved, "
                      "order rotated every repeat; medians",

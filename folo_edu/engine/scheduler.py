@@ -172,7 +172,6 @@ class Scheduler:
             if req is None:  # finished (aborted) between schedule() and now
                 continue
             req.num_computed_tokens += s.num_new_tokens
-            self.kv.cache_full_blocks(req)
             token = sampled.get(req.request_id)
             if token is None:  # a prefill chunk that did not reach the end yet
                 continue

@@ -86,20 +86,31 @@ class BlockPool:
     def _evict(self, block: int) -> None:
         """Forget a free block's cached content, and its cached descendants' (unreachable
         without it; they are free too, since a request holding a block holds its prefix)."""
+        self.num_evictions += self._forget(block, evicting=True)
+
+    def uncache(self, block: int) -> None:
+        """Forget a block's content (and its descendants') whether or not it is in use: its
+        K/V were never computed (its step did not run)."""
+        if block in self.hash_of:
+            self._forget(block, evicting=False)
+
+    def _forget(self, block: int, evicting: bool) -> int:
+        """Drop a block and its cached descendants from the cache; how many were dropped."""
         del self.cached[self.hash_of.pop(block)]
         parent, _ = self.content.pop(block)
         if parent is not None and parent in self.children:
             self.children[parent].discard(block)
+        dropped = 1
         for child in self.children.pop(block, set()):
-            assert self.ref_counts[child] == 0, f"cached block {child} in use, parent evicted"
-            self._evict(child)
-        self.num_evictions += 1
+            assert not evicting or self.ref_counts[child] == 0, \
+                f"cached block {child} in use, parent evicted"
+            dropped += self._forget(child, evicting)
+        return dropped
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached block. Refused (False) while any block is in use, as vLLM does."""
         if len(self.free_queue) != self.num_blocks:
             return False
         for block in list(self.hash_of):
-            if block in self.hash_of:
-                self._evict(block)
+            self.uncache(block)
         return True

@@ -68,13 +68,12 @@ class KVCacheManager:
         known = self._hashes.setdefault(request.request_id, [])
         return block_hashes(request.all_token_ids, self.block_size, known, hash_fn=self.hash_fn)
 
-    def cache_full_blocks(self, request) -> None:
-        """Register the request's blocks that are now full of computed tokens."""
-        if not self.enable_prefix_caching:
-            return
+    def cache_full_blocks(self, request, num_tokens: int) -> None:
+        """Register the request's blocks that are full once its first ``num_tokens``
+        tokens are computed."""
         table = self.block_tables.get(request.request_id, [])
         done = self._num_cached_blocks.get(request.request_id, 0)
-        full = min(request.num_computed_tokens // self.block_size, len(table))
+        full = min(num_tokens // self.block_size, len(table))
         if full <= done:
             return
         hashes, tokens, bs = self._block_hashes(request), request.all_token_ids, self.block_size
@@ -119,12 +118,21 @@ class KVCacheManager:
         first, last = computed // self.block_size, (computed + num_new_tokens - 1) // self.block_size
         assert all(self.pool.ref_counts[b] == 1 for b in table[first:last + 1]), \
             f"request {request.request_id!r} would write a shared block"
+        if self.enable_prefix_caching:
+            # Cache now the blocks this step fills, as vLLM does: a request admitted later
+            # in the same step may share them, because each layer writes the whole batch's
+            # K/V before any attention reads it. If the step never runs for this request
+            # (preempted, failed), free() forgets them again.
+            self.cache_full_blocks(request, computed + num_new_tokens)
         return True
 
     def free(self, request) -> None:
         """Give back every block of ``request`` (finished, aborted or preempted)."""
         table = self.block_tables.pop(request.request_id, [])
-        self._num_cached_blocks.pop(request.request_id, None)
+        registered = self._num_cached_blocks.pop(request.request_id, 0)
+        # Blocks cached for a step that never ran hold no K/V yet: forget them.
+        for block in table[request.num_computed_tokens // self.block_size:registered]:
+            self.pool.uncache(block)
         self._hashes.pop(request.request_id, None)  # cheap to recompute if it comes back
         # Free in reverse: the tail block joins the free queue first, so it is evicted
         # first and the prefix blocks, the ones other requests share, stay longest.

@@ -222,3 +222,43 @@ def test_property_prefix_cache_bookkeeping_and_tokens(model_path, data):
         got, ref = out.outputs[0], free[rid].outputs[0].token_ids
         assert got.token_ids == (ref[:len(got.token_ids)] if got.finish_reason == "abort"
                                  else ref)
+
+
+def test_blocks_of_a_failed_step_are_not_left_in_the_cache(model_path, monkeypatch):
+    """Blocks are cached when allocated; if the step then fails, they hold no K/V and must
+    be forgotten, or the next request with that prefix would read garbage."""
+    from folo_edu.engine.llm_engine import EngineStepError
+
+    engine = _engine(model_path)
+    real, calls = engine.model_runner.model.forward, [0]
+
+    def fail_first(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("injected fault")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model_runner.model, "forward", fail_first)
+    engine.add_request("doomed", {"prompt_token_ids": SYSTEM}, GREEDY)
+    with pytest.raises(EngineStepError):
+        engine.step()
+    assert not engine.kv_manager.pool.cached
+    again = _run_sequential(engine, {"again": SYSTEM + [1]})["again"]
+    cold = _run_sequential(_engine(model_path, enable_prefix_caching=False),
+                           {"again": SYSTEM + [1]})["again"]
+    assert again.num_cached_tokens == 0
+    assert again.outputs[0].token_ids == cold.outputs[0].token_ids
+
+
+def test_requests_admitted_in_one_step_share_what_the_first_fills(model_path):
+    engine = _engine(model_path)
+    for i in range(3):
+        engine.add_request(f"q{i}", {"prompt_token_ids": SYSTEM + [100 + i]}, GREEDY)
+    outs = {}
+    while engine.has_unfinished_requests():
+        outs.update({o.request_id: o for o in engine.step()})
+        check_bookkeeping(engine)
+    assert [outs[f"q{i}"].num_cached_tokens for i in range(3)] == [0, 32, 32]
+    off = _run_sequential(_engine(model_path, enable_prefix_caching=False),
+                          {f"q{i}": SYSTEM + [100 + i] for i in range(3)})
+    assert _tokens(outs) == _tokens(off)

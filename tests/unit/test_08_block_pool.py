@@ -75,3 +75,13 @@ def test_double_free_is_caught():
     pool.free(blocks)
     with pytest.raises(AssertionError, match="freed twice"):
         pool.free(blocks)
+
+
+def test_uncache_forgets_a_block_in_use_and_its_descendants():
+    pool = BlockPool(3)
+    a, b, _ = pool.allocate(3)
+    pool.cache(a, b"ha", None, (1,))
+    pool.cache(b, b"hb", a, (2,))
+    pool.uncache(a)  # a step that never ran: both held no K/V
+    assert not pool.cached and not pool.hash_of and pool.ref_counts[a] == 1
+    assert pool.num_evictions == 0
