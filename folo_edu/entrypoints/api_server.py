@@ -77,12 +77,20 @@ async def _cancel_on_disconnect(request: Request, coro):
     watcher = asyncio.ensure_future(disconnected())
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this handler itself was cancelled
+        task.cancel()
+        raise
     finally:
-        if not task.done():
-            task.cancel()
-            log.info("client disconnected; its request was aborted")
         watcher.cancel()
-    return task.result() if not task.cancelled() else None
+    if task.done():
+        return task.result()
+    task.cancel()  # the client went away: closing its stream aborts its requests
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    log.info("client disconnected; its request was aborted")
+    return None
 
 
 class OpenAIServer:

@@ -312,18 +312,22 @@ def test_concurrent_clients_get_their_own_answers(server, reference):
 
 
 def test_disconnect_mid_stream_aborts_and_frees_blocks(server):
+    """A client that hangs up (mid-stream, or a non-streamed request timing out) has its
+    request aborted: it never finishes (no e2e latency is recorded for it) and every
+    KV block is free again."""
     body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 200, "temperature": 0,
             "stream": True, "ignore_eos": True}
+    finished = metrics(server)["vllm:e2e_request_latency_seconds_count"]
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30,
                       headers={"Authorization": f"Bearer {API_KEY}"}) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]  # a few tokens in, then hang up
     assert any(line.startswith("data: {") for line in got)
     check_idle(server)
-    # a non-streaming request whose client gives up is aborted too
     with pytest.raises(httpx.ReadTimeout):
         server.post("/v1/completions", {**body, "stream": False}, timeout=0.5)
     check_idle(server)
+    assert metrics(server)["vllm:e2e_request_latency_seconds_count"] == finished
 
 
 # ---- client mistakes ----------------------------------------------------------------------
