@@ -19,8 +19,9 @@ with LLM(dtype=float32) and measures:
     bytes of the packed GPTQ tensors alone (the checkpoint's), against the same layers'
     float32 weights;
   * the quantization seconds (wall and process CPU time) and the kernel used.
-Then, in one process with 1 thread, single-request decode tok/s of the 4-bit g128 GPTQ
-model (int4-cpu kernel) against fp32, interleaved, median of DECODE_RUNS runs.
+Then, in one process with 1 thread, single-request decode tok/s of a 4-bit g128
+checkpoint (int4-cpu kernel; written by RTN, which gives the same format as GPTQ in
+seconds) against fp32, interleaved, median of DECODE_RUNS runs.
 The results are written after every configuration (a partial file says "partial": true).
 """
 from __future__ import annotations
@@ -44,9 +45,9 @@ WINDOW, WINDOWS = 256, 6            # perplexity
 DECODE_PROMPT, DECODE_TOKENS, DECODE_RUNS = 32, 64, 5
 THREADS = 2                          # for quantization and perplexity
 
-# name -> (method, bits, group_size, desc_act)
+# name -> (method, bits, group_size, desc_act), in the order they run (the goals first)
 CONFIGS = {"fp32": None}
-for _bits in (8, 4, 3, 2):
+for _bits in (4, 3, 2, 8):
     for _method in ("rtn", "gptq"):
         CONFIGS[f"{_method}-{_bits}-g128"] = (_method, _bits, 128, False)
 for _g in (32, -1):
@@ -105,21 +106,22 @@ def run_one(name: str) -> dict:
             result["quantize_cpu_s"] = round(time.process_time() - c0, 2)
             model = str(model)
         llm = LLM(model, dtype="float32", max_model_len=WINDOW + 8)
+        t0 = time.perf_counter()
+        result["perplexity"] = round(perplexity(llm, evaluation_text(), window=WINDOW,
+                                                max_windows=WINDOWS), 4)
+        result["perplexity_s"] = round(time.perf_counter() - t0, 2)
+        # after running: the reference path's float copy exists only once it has run
         if model is None:
             result["fp32_bytes"] = _fp32_layer_bytes(llm)
         else:
             result.update(_layer_bytes(llm))
             result["serving_vs_fp32"] = round(result["serving_bytes"] / result["fp32_bytes"], 4)
             result["packed_vs_fp32"] = round(result["packed_bytes"] / result["fp32_bytes"], 4)
-        t0 = time.perf_counter()
-        result["perplexity"] = round(perplexity(llm, evaluation_text(), window=WINDOW,
-                                                max_windows=WINDOWS), 4)
-        result["perplexity_s"] = round(time.perf_counter() - t0, 2)
     return result
 
 
 def run_decode() -> dict:
-    """Single-request decode tok/s, fp32 vs GPTQ 4-bit g128 (int4-cpu), 1 thread."""
+    """Single-request decode tok/s, fp32 vs a 4-bit g128 checkpoint (int4-cpu), 1 thread."""
     import torch
 
     torch.set_num_threads(1)
@@ -127,8 +129,10 @@ def run_decode() -> dict:
     from folo_edu.quantization import quantize
 
     with tempfile.TemporaryDirectory() as tmp:
-        q = quantize(None, os.path.join(tmp, "q"), method="gptq", bits=4, group_size=128,
-                     num_samples=NUM_SAMPLES, seq_len=SEQ_LEN, progress=None)
+        # The speed depends on the format and the kernel, not on how the integers were
+        # chosen: RTN writes the same 4-bit g128 layout in seconds instead of minutes.
+        q = quantize(None, os.path.join(tmp, "q"), method="rtn", bits=4, group_size=128,
+                     progress=None)
         llms = {"fp32": LLM(None, dtype="float32", max_model_len=256),
                 "gptq-4-g128": LLM(str(q), dtype="float32", max_model_len=256)}
         kernel = llms["gptq-4-g128"].llm_engine.model_runner.model.layers[0].mlp.down_proj.kernel
@@ -196,6 +200,8 @@ def main() -> int:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--only", nargs="+", default=None, help="configurations (and/or 'decode')")
     ap.add_argument("--no-save", action="store_true", help="print, do not write the JSON")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already in the JSON (same settings) and do the rest")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run_decode() if args.child == "decode" else run_one(args.child)))
@@ -204,7 +210,8 @@ def main() -> int:
 
     import torch
 
-    names = args.only or [*CONFIGS, "decode"]
+    names = args.only or ["fp32", "rtn-4-g128", "gptq-4-g128", "decode",
+                          *[k for k in CONFIGS if k not in ("fp32", "rtn-4-g128", "gptq-4-g128")]]
     doc = {"benchmark": "m7_gptq_cpu", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "source": source_version(), "machine": machine_info(torch.device("cpu")),
            "load_average_at_start": load_average(), "partial": True,
@@ -225,7 +232,17 @@ def main() -> int:
                                    "fp16": 27.65, "rtn_4bit": 37.28, "gptq_4bit": 31.12},
            "runs": {}, "decode": None}
     t_all = time.perf_counter()
+    if args.resume and os.path.exists(OUT):
+        old = json.load(open(OUT))
+        if old.get("config") == doc["config"]:
+            doc["runs"] = {k: v for k, v in old["runs"].items() if "error" not in v}
+            doc["decode"] = old.get("decode")
+            doc["resumed_from"] = {"timestamp": old["timestamp"],
+                                   "load_average_at_start": old["load_average_at_start"]}
     for name in names:
+        if name in doc["runs"] or (name == "decode" and doc["decode"]
+                                   and "error" not in doc["decode"]):
+            continue
         t0 = time.perf_counter()
         if name == "decode":
             doc["decode"] = _child("decode")
