@@ -72,8 +72,10 @@ MILESTONES: tuple[Milestone, ...] = (
                    "on 2 loaded CPU cores: docs/dev/milestone_6.md"),
     Milestone("M7", ("09_gptq_quantization",),
               "4-bit GPTQ weights",
-              "`quantization/`",
-              PLANNED, ("learn/09_gptq_quantization.md", "dev/milestone_7.md")),
+              "`quantization/`, `folo-edu quantize`",
+              BUILT, ("learn/09_gptq_quantization.md", "dev/milestone_7.md"),
+              note="CPU sweep partial on 2 loaded cores, Triton kernel never run on a "
+                   "GPU: docs/dev/milestone_7.md"),
     Milestone("serving", ("10_serving",),
               "`folo-edu serve`: an OpenAI-compatible server, latency against load",
               "`entrypoints/`",
