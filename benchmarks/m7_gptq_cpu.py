@@ -43,7 +43,8 @@ OUT = os.path.join(ROOT, "benchmarks", "results", "m7_gptq_cpu.json")
 NUM_SAMPLES, SEQ_LEN = 16, 512      # calibration (the API default is 128 x 512)
 WINDOW, WINDOWS = 256, 6            # perplexity
 DECODE_PROMPT, DECODE_TOKENS, DECODE_RUNS = 32, 64, 5
-THREADS = 2                          # for quantization and perplexity
+THREADS = 1                          # for quantization and perplexity: on 2 cores shared
+# with other jobs, 2 threads were 3-5x slower than 1 (OpenMP threads waiting for each other)
 
 # name -> (method, bits, group_size, desc_act), in the order they run (the goals first)
 CONFIGS = {"fp32": None}
@@ -89,7 +90,7 @@ def run_one(name: str) -> dict:
     from folo_edu.quantization import perplexity, quantize
     from folo_edu.quantization.texts import evaluation_text
 
-    result = {"name": name}
+    result = {"name": name, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         if CONFIGS[name] is None:
             model = None
@@ -156,7 +157,7 @@ def run_decode() -> dict:
 
 def _child(arg: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", arg]
-    env = dict(os.environ, OMP_NUM_THREADS=str(1 if arg == "decode" else THREADS))
+    env = dict(os.environ, OMP_NUM_THREADS="1" if arg == "decode" else str(THREADS))
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     if proc.returncode:  # its stderr went to ours
         return {"name": arg, "error": f"exit code {proc.returncode}"}
