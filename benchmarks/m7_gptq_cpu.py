@@ -135,8 +135,8 @@ def run_decode() -> dict:
         q = quantize(None, os.path.join(tmp, "q"), method="rtn", bits=4, group_size=128,
                      progress=None)
         llms = {"fp32": LLM(None, dtype="float32", max_model_len=256),
-                "gptq-4-g128": LLM(str(q), dtype="float32", max_model_len=256)}
-        kernel = llms["gptq-4-g128"].llm_engine.model_runner.model.layers[0].mlp.down_proj.kernel
+                "4bit-g128": LLM(str(q), dtype="float32", max_model_len=256)}
+        kernel = llms["4bit-g128"].llm_engine.model_runner.model.layers[0].mlp.down_proj.kernel
         prompt = {"prompt_token_ids": list(range(100, 100 + DECODE_PROMPT))}
         params = SamplingParams(temperature=0, max_tokens=DECODE_TOKENS, ignore_eos=True)
         for llm in llms.values():  # warm-up
@@ -152,7 +152,7 @@ def run_decode() -> dict:
             "runs": DECODE_RUNS, "kernel": kernel,
             "tok_s_median": {k: round(v, 2) for k, v in med.items()},
             "tok_s_all": {k: [round(x, 2) for x in v] for k, v in rates.items()},
-            "speedup_vs_fp32": round(med["gptq-4-g128"] / med["fp32"], 3)}
+            "speedup_vs_fp32": round(med["4bit-g128"] / med["fp32"], 3)}
 
 
 def _child(arg: str) -> dict:

@@ -4,7 +4,7 @@
     plot_weight_histograms  a weight matrix's values before and after quantization
     plot_group_error      group_error of one or more quantized versions, side by side
     plot_output_error     relative output error per calibration token, one line per method
-    sweep_rows            benchmarks/results/m7_gptq_cpu.json -> rows (method, bits, group, ppl, bytes)
+    sweep_rows            m7_gptq_cpu.json -> rows (method, bits, group, perplexity, bytes)
     plot_ppl_vs_bits      perplexity against bits, RTN and GPTQ, fp32 as a line
     plot_memory_vs_bits   bytes of the quantized layers against bits (packed and serving)
 """
