@@ -68,8 +68,8 @@ MILESTONES: tuple[Milestone, ...] = (
               "prefix caching: requests that share a prefix share its KV blocks",
               "`kv_cache/` prefix hashing and LRU block pool, `bench/prefix.py`",
               BUILT, ("learn/08_prefix_caching.md", "dev/milestone_6.md"),
-              note="2x shared-prompt goal met only with the prompt already cached, "
-                   "on 2 loaded CPU cores: docs/dev/milestone_6.md"),
+              note="goals met on a quiet CPU after blocks were cached at allocation: "
+                   "docs/dev/milestone_6.md"),
     Milestone("M7", ("09_gptq_quantization",),
               "4-bit GPTQ weights",
               "`quantization/`, `folo-edu quantize`",
