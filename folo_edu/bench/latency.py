@@ -28,7 +28,7 @@ import torch
 from folo_edu.bench.machine import (load_average, machine_info, resolve_bench_device,
                                     source_version, synchronize)
 from folo_edu.bench.metrics import median, save_json, table, timestamp
-from folo_edu.bench.workloads import BenchRequest, _random_ids, special_token_ids
+from folo_edu.bench.workloads import BenchRequest, _random_ids, special_token_ids_of
 
 GOAL_RATIO = 1.5  # issue 10: with chunking, p99 ITL <= 1.5 x p50 while a long prompt arrives
 
@@ -242,13 +242,8 @@ def run_latency(cfg: LatencyConfig) -> dict:
     path, llm = _engine(cfg, device)
     engine = llm.llm_engine
     hf_config = engine.config.model_config.hf_config
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except Exception:  # noqa: BLE001  (a folder without a tokenizer: exclude config ids)
-        tok = None
-    running, long = latency_workload(hf_config.vocab_size, special_token_ids(tok, hf_config),
+    running, long = latency_workload(hf_config.vocab_size,
+                                     special_token_ids_of(path, hf_config),
                                      cfg.num_running, cfg.running_prompt_len,
                                      cfg.running_output_len, cfg.long_prompt_len,
                                      cfg.long_output_len, cfg.seed)

@@ -38,7 +38,7 @@ import torch
 from folo_edu.bench.machine import (load_average, machine_info, resolve_bench_device,
                                     source_version, synchronize)
 from folo_edu.bench.metrics import agreement, median, save_json, table, timestamp
-from folo_edu.bench.workloads import BenchRequest, _random_ids, special_token_ids
+from folo_edu.bench.workloads import BenchRequest, _random_ids, special_token_ids_of
 
 GOAL_TTFT = 5.0        # issue 11: a cached 1,024-token prefix makes TTFT >= 5x faster
 GOAL_THROUGHPUT = 2.0  # issue 11: shared system prompt, caching on >= 2x caching off
@@ -259,13 +259,7 @@ def run_prefix(cfg: PrefixConfig) -> dict:
     path, llm = _engine(cfg, device)
     engine = llm.llm_engine
     hf_config = engine.config.model_config.hf_config
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except Exception:  # noqa: BLE001  (a folder without a tokenizer: exclude config ids)
-        tok = None
-    exclude = special_token_ids(tok, hf_config)
+    exclude = special_token_ids_of(path, hf_config)
     vocab = hf_config.vocab_size
     rng = random.Random(cfg.seed)
     prefix_ids = _random_ids(rng, cfg.ttft_prefix_len, vocab, exclude)

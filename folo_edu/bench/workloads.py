@@ -38,6 +38,18 @@ def special_token_ids(tokenizer, hf_config=None) -> set[int]:
     return ids
 
 
+def special_token_ids_of(path: str, hf_config) -> set[int]:
+    """``special_token_ids`` for the checkpoint folder at ``path``: its tokenizer's ids if
+    it has a tokenizer, else only the config's bos/eos/pad/unk ids."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception:  # noqa: BLE001  (a folder without a tokenizer: the config's ids)
+        tokenizer = None
+    return special_token_ids(tokenizer, hf_config)
+
+
 def _random_ids(rng: random.Random, n: int, vocab_size: int, exclude: set[int]) -> list[int]:
     out = []
     while len(out) < n:
