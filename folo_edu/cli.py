@@ -60,6 +60,8 @@ _CHECKS = {
     "num_prompts": (lambda v: v >= 1, "an int >= 1"),
     "new_tokens": (lambda v: v >= 1, "an int >= 1"),
     "num_requests": (lambda v: v >= 1, "an int >= 1"),
+    "rates": (lambda v: all(r > 0 for r in v), "requests/s > 0 (inf: all at once)"),
+    "output_len": (lambda v: v >= 1, "an int >= 1"),
     "min_len": (lambda v: v >= 1, "an int >= 1"),
     "max_len": (lambda v: v >= 1, "an int >= 1"),
     "max_num_seqs": (lambda v: v >= 1, "an int >= 1"),
@@ -175,7 +177,7 @@ def default_bench_output(workload: str, device: str) -> str:
     """A new file per run, so the committed benchmarks/results/*.json stay as they are:
     benchmarks/results/m1_single_cpu-20250131-142501.json."""
     name = {"single": "m1_single", "offline": "m2_offline", "latency": "m5_latency",
-            "prefix": "m6_prefix"}[workload]
+            "prefix": "m6_prefix", "serving": "serving"}[workload]
     return f"benchmarks/results/{name}_{device}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
@@ -190,11 +192,13 @@ def _cmd_bench(args) -> int:
         return _cmd_bench_latency(args, output)
     if args.workload == "prefix":
         return _cmd_bench_prefix(args, output)
+    if args.workload == "serving":
+        return _cmd_bench_serving(args, output)
     cfg = BenchConfig(
         workload=args.workload, model=args.model, device=args.device, dtype=args.dtype,
         threads=args.threads, repeats=args.repeats, seed=args.seed, output=output,
         num_prompts=args.num_prompts, new_tokens=args.new_tokens,
-        num_requests=args.num_requests, min_len=args.min_len, max_len=args.max_len,
+        num_requests=args.num_requests or 64, min_len=args.min_len, max_len=args.max_len,
         max_num_seqs=args.max_num_seqs,
         hf_batch_size=args.hf_batch_size, hf_static_sample=args.hf_static_sample,
         hf_single_sample=None if args.hf_single_sample == 0 else args.hf_single_sample,
@@ -262,8 +266,24 @@ def _cmd_bench_prefix(args, output: str) -> int:
         model=args.model, device=args.device, dtype=args.dtype,
         threads=(1, 2) if args.threads is None else (args.threads,),
         repeats=args.repeats or 3, seed=args.seed, output=output,
-        num_requests=args.num_requests, attention_backend=args.attention_backend)
+        num_requests=args.num_requests or 64, attention_backend=args.attention_backend)
     prefix.run(cfg)
+    return 0
+
+
+def _cmd_bench_serving(args, output: str) -> int:
+    """Serving: Poisson arrivals at several rates against folo-edu serve in a child."""
+    from folo_edu.bench import serving
+
+    defaults = serving.ServingConfig()
+    cfg = serving.ServingConfig(
+        model=args.model, threads=args.threads or defaults.threads,
+        rates=tuple(args.rates) if args.rates else defaults.rates,
+        num_requests=args.num_requests or defaults.num_requests,
+        output_len=args.output_len or defaults.output_len, seed=args.seed,
+        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, output=output)
+    serving.check_config(cfg)  # before the server starts
+    serving.run(cfg)
     return 0
 
 
@@ -400,14 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
     help_ = ("benchmark folo_edu against transformers (M1 single, M2 offline); prints a "
              "table and saves JSON")
     p = sub.add_parser("bench", help=help_, description=help_, **fmt)
-    p.add_argument("--workload", choices=("single", "offline", "latency", "prefix"),
+    p.add_argument("--workload", choices=("single", "offline", "latency", "prefix", "serving"),
                    default="single",
                    help="single: one request at a time, TTFT and decode tok/s (M1); offline: "
                         "64 requests, continuous vs static batching vs one at a time (M2); "
                         "latency: ITL of running decodes while a long prompt arrives, "
                         "chunked vs unchunked prefill (M5); prefix: TTFT with a cached "
                         "1,024-token prefix vs cold, requests sharing a 512-token system "
-                        "prompt with caching on/off vs transformers, hit rates (M6)")
+                        "prompt with caching on/off vs transformers, hit rates (M6); "
+                        "serving: folo-edu serve in a child process, streaming completions "
+                        "arriving as a Poisson process at several rates, TTFT/ITL p50/p99 "
+                        "and throughput per rate")
     p.add_argument("--model", default=None,
                    help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
@@ -416,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default="float32", help="both engines (auto: folo_edu's choice)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for both engines (default: torch's; latency and "
-                        "prefix: 1 and 2)")
+                        "prefix: 1 and 2; serving: the server's, 2)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repeats (default: 3 single, 1 offline, 3 latency, 3 prefix)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
@@ -426,8 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "that the committed results change only when named here)")
     p.add_argument("--num-prompts", type=int, default=5, help="single: prompts (64..200 tokens)")
     p.add_argument("--new-tokens", type=int, default=128, help="single: tokens per prompt")
-    p.add_argument("--num-requests", type=int, default=64,
-                   help="offline: requests; prefix: requests sharing the system prompt")
+    p.add_argument("--num-requests", type=int, default=None,
+                   help="offline: requests (default 64); prefix: requests sharing the "
+                        "system prompt (default 64); serving: requests per rate (default 16)")
+    p.add_argument("--rates", type=float, nargs="+", default=None,
+                   help="serving: request rates to sweep, requests/s; inf sends all at once "
+                        "(default: 0.25 0.5 1 2)")
+    p.add_argument("--output-len", type=int, default=None,
+                   help="serving: tokens per request (default: 32)")
     p.add_argument("--min-len", type=int, default=16,
                    help="offline: prompt and output lengths are uniform in [min-len, max-len]")
     p.add_argument("--max-len", type=int, default=256, help="offline: see --min-len")
