@@ -120,3 +120,75 @@ def test_bad_quantization_config_in_a_checkpoint(d, exc, match):
 def test_group_size_larger_than_the_layer_is_refused():
     with pytest.raises(ValueError, match="group_size=512: expected at most the layer's 256"):
         rtn(torch.randn(8, 256, dtype=torch.float64), GPTQConfig(4, 512))
+
+
+# --- layer-by-layer calibration (calibrate.py) ---------------------------------------
+
+def _tiny_decoder(name="qwen3-odd-headdim"):
+    from folo_edu.attention import get_backend
+    from folo_edu.models.decoder import DecoderModel, DecoderSpec
+    from folo_edu.models.tiny import tiny_hf_config
+
+    torch.manual_seed(0)
+    model = DecoderModel(DecoderSpec(tiny_hf_config(name)), get_backend("sdpa"))
+    model.init_rotary(torch.device("cpu"))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["llama-gqa2-tied", "qwen2-bias-gqa4", "qwen3-odd-headdim"])
+def test_layer_steps_is_the_layer_forward(name):
+    from folo_edu.quantization.calibrate import LINEARS, layer_forward, layer_steps
+
+    model = _tiny_decoder(name)
+    x = torch.randn(9, model.spec.hidden_size)
+    cs = model.rotary.lookup(torch.arange(9), torch.float32)
+    with torch.no_grad():
+        steps, names = layer_steps(model.layers[0], x, cs), []
+        try:
+            while True:
+                names.append(next(steps)[0])
+        except StopIteration as stop:
+            out = stop.value
+        assert names == list(LINEARS)
+        assert torch.equal(out, layer_forward(model.layers[0], x, cs))
+
+
+def _quantize_with_a_forward_per_map(model, samples, cfg):
+    """What the single pass must equal: GPTQ's reference code's order, one forward of the
+    layer per linear map (a hook grabs the map's input), each after the maps before it
+    are quantized; then one more forward for the layer's outputs."""
+    from folo_edu.quantization.calibrate import LINEARS, layer_forward
+
+    xs = [model.embed_tokens(s) for s in samples]
+    css = [model.rotary.lookup(torch.arange(len(s)), torch.float32) for s in samples]
+    out = {}
+    for i, layer in enumerate(model.layers):
+        for name in LINEARS:
+            module, seen = layer.get_submodule(name), []
+            handle = module.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+            for x, cs in zip(xs, css):
+                layer_forward(layer, x, cs)
+            handle.remove()
+            h = sum((2 * s.t() @ s).double() for s in seen) / sum(len(s) for s in seen)
+            qw = gptq(module.weight, h, cfg)
+            qw.scales = qw.scales.to(torch.float16).double()
+            module.weight.copy_(qw.dequantize().float())
+            out[f"layers.{i}.{name}"] = qw
+        xs = [layer_forward(layer, x, cs) for x, cs in zip(xs, css)]
+    return out
+
+
+@pytest.mark.parametrize("name", ["llama-gqa2-tied", "qwen2-bias-gqa4"])
+def test_one_pass_calibration_equals_a_forward_per_map(name):
+    from folo_edu.quantization.calibrate import quantize_model
+
+    g = torch.Generator().manual_seed(1)
+    samples = [torch.randint(3, 250, (n,), generator=g) for n in (17, 9, 30)]
+    cfg = GPTQConfig(4, 16)
+    with torch.no_grad():
+        expected = _quantize_with_a_forward_per_map(_tiny_decoder(name), samples, cfg)
+    got = quantize_model(_tiny_decoder(name), samples, cfg, "gptq")
+    assert list(got) == list(expected)
+    for key in expected:  # the same integers: every map saw the same inputs
+        assert torch.equal(got[key].q, expected[key].q), key
+        torch.testing.assert_close(got[key].scales, expected[key].scales, rtol=0, atol=0)
