@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default="float32", help="both engines (auto: folo_edu's choice)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for both engines (default: torch's; latency and "
-                        "prefix: 1 and 2; serving: the server's, 2)")
+                        "prefix: 1 and 2; serving: the server's, 1)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repeats (default: 3 single, 1 offline, 3 latency, 3 prefix)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts")

@@ -42,7 +42,8 @@ from folo_edu.bench.workloads import BenchRequest, _random_ids, special_token_id
 @dataclass
 class ServingConfig:
     model: str | None = None            # checkpoint folder; None: the default model
-    threads: int | None = 2             # the server's torch threads (OMP_NUM_THREADS)
+    threads: int | None = 1             # the server's torch threads (OMP_NUM_THREADS); 1:
+    #                                     steadier than 2 on 2 shared cores
     rates: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # requests/s; inf: all at once
     num_requests: int = 16              # per rate
     prompt_len_range: tuple[int, int] = (32, 128)  # uniform, inclusive
@@ -365,12 +366,33 @@ def run_serving(cfg: ServingConfig, server=None) -> dict:
             server.stop()
 
 
+def vocabulary(path: str) -> tuple[int, set[int]]:
+    """(vocab_size, the special token ids) of the checkpoint folder at ``path``, from
+    config.json and tokenizer.json's added tokens (quick: no transformers import);
+    through transformers when config.json has no vocab_size."""
+    folder = Path(path)
+    config = json.loads((folder / "config.json").read_text())
+    config = config.get("text_config", config) if "vocab_size" not in config else config
+    if "vocab_size" not in config:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(path)
+        return hf_config.vocab_size, special_token_ids_of(path, hf_config)
+    special = set()
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        value = config.get(name)
+        special.update(value if isinstance(value, list) else [value] if isinstance(
+            value, int) else [])
+    tok = folder / "tokenizer.json"
+    if tok.is_file():
+        special.update(t["id"] for t in json.loads(tok.read_text()).get("added_tokens", []))
+    return config["vocab_size"], special
+
+
 def _sweep(cfg: ServingConfig, server, path: str, t_start: float) -> dict:
     import httpx
-    from transformers import AutoConfig
 
-    hf_config = AutoConfig.from_pretrained(path)
-    exclude = special_token_ids_of(path, hf_config)
+    vocab_size, exclude = vocabulary(path)
     rng = random.Random(cfg.seed)
     model = httpx.get(server.base_url + "/models", timeout=30).json()["data"][0]["id"]
     device = resolve_bench_device("auto")
@@ -381,14 +403,14 @@ def _sweep(cfg: ServingConfig, server, path: str, t_start: float) -> dict:
               "config": asdict(cfg), "model": {"name": Path(path).name, "served_as": model},
               "server_startup_s": getattr(server, "startup_s", None), "method": METHOD}
     if cfg.warmup_requests:
-        warm = serving_workload(hf_config.vocab_size, exclude, cfg.warmup_requests,
+        warm = serving_workload(vocab_size, exclude, cfg.warmup_requests,
                                 (8, 8), 4, random.Random(cfg.seed + 1))
         recs, _ = run_rate(server.url, model, warm, math.inf, random.Random(0), cfg)
         if not all(r.ok for r in recs):
             raise RuntimeError(f"warm-up failed: {[r.error for r in recs if not r.ok]}")
     rows, failures = [], []
     for rate in cfg.rates:
-        reqs = serving_workload(hf_config.vocab_size, exclude, cfg.num_requests,
+        reqs = serving_workload(vocab_size, exclude, cfg.num_requests,
                                 cfg.prompt_len_range, cfg.output_len, rng)
         load_before = load_average()
         records, summary = run_rate(server.url, model, reqs, rate, rng, cfg)

@@ -84,6 +84,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
         self.startup_s: float | None = None
+        self._started_at = 0.0
 
     @property
     def url(self) -> str:
@@ -107,8 +108,10 @@ class ServerProcess:
             cmd += ["--api-key", self.api_key]
         return cmd
 
-    def start(self) -> "ServerProcess":
-        """Start the child and wait until /health answers 200 (startup_s: how long)."""
+    def start(self, wait: bool = True) -> "ServerProcess":
+        """Start the child and wait until /health answers 200 (startup_s: how long).
+        ``wait=False`` returns at once (call ``wait()`` before the first request), so
+        the caller can do other work while the server loads."""
         if self.proc is not None:
             raise RuntimeError("ServerProcess.start: already started")
         self.port = free_port()
@@ -120,12 +123,20 @@ class ServerProcess:
         with os.fdopen(fd, "w") as log:
             self.proc = subprocess.Popen(self.command(), env=env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self._started_at = time.monotonic()
+        return self.wait() if wait else self
+
+    def wait(self) -> "ServerProcess":
+        """Wait until /health answers 200; startup_s is then the seconds since start()."""
+        if self.proc is None:
+            raise RuntimeError("ServerProcess.wait: the server was not started; call start()")
         try:
-            self.startup_s = wait_healthy(self.url, self.startup_timeout, self.proc,
-                                          self.log_path)
+            left = self.startup_timeout - (time.monotonic() - self._started_at)
+            wait_healthy(self.url, max(left, 1.0), self.proc, self.log_path)
         except BaseException:
             self.stop()
             raise
+        self.startup_s = time.monotonic() - self._started_at
         return self
 
     def log(self) -> str:
