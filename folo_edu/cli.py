@@ -281,7 +281,8 @@ def _cmd_bench_serving(args, output: str) -> int:
         rates=tuple(args.rates) if args.rates else defaults.rates,
         num_requests=args.num_requests or defaults.num_requests,
         output_len=args.output_len or defaults.output_len, seed=args.seed,
-        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs, output=output)
+        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        attention_backend=args.attention_backend, output=output)
     serving.check_config(cfg)  # before the server starts
     serving.run(cfg)
     return 0

@@ -52,6 +52,7 @@ class ServingConfig:
     warmup_requests: int = 2            # sent at once before the first rate, not timed
     max_model_len: int = 1024
     max_num_seqs: int = 64
+    attention_backend: str = "auto"     # the server's --attention-backend
     metrics_poll_s: float = 0.5         # /metrics sampling period while a rate runs
     request_timeout_s: float = 600.0
     startup_timeout_s: float = 300.0
@@ -355,7 +356,8 @@ def run_serving(cfg: ServingConfig, server=None) -> dict:
     if own:
         server = ServerProcess(path, threads=cfg.threads, max_model_len=cfg.max_model_len,
                                extra_args=["--max-num-seqs", str(cfg.max_num_seqs),
-                                           "--seed", str(cfg.seed)],
+                                           "--seed", str(cfg.seed),
+                                           "--attention-backend", cfg.attention_backend],
                                startup_timeout=cfg.startup_timeout_s)
         print(f"starting folo-edu serve on {Path(path).name} ...", flush=True)
         server.start()
