@@ -22,7 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 KV_CACHE_KINDS = ("paged", "contiguous")
 # The attention backends by name; folo_edu.attention checks its registry against this list
 # and says whether each can run here (config never imports the layers it configures).
-ATTENTION_BACKENDS = ("auto", "naive", "sdpa", "paged-torch", "flex", "triton")
+ATTENTION_BACKENDS = ("auto", "naive", "sdpa", "paged-torch", "flex", "triton", "numba")
 # KV cache budget when neither num_kv_blocks nor kv_cache_memory_bytes is given.
 DEFAULT_CPU_KV_BYTES = 1 << 30
 

@@ -5,6 +5,7 @@
     paged-torch  PagedAttention (tiles + online softmax) in plain torch: the kernel's reference
     flex         FlexAttention over the paged cache with a BlockMask from the block tables
     triton       our Triton kernels: store K/V by slot, paged decode attention; CUDA-graph safe
+    numba        our CPU PagedAttention decode kernel (Numba): reads K/V in place, no gather
 
 Every backend computes prefills with SDPA except naive; they differ in how decodes
 read the cache.
@@ -13,6 +14,7 @@ from folo_edu.attention.common import AttentionBackend
 from folo_edu.attention.flex import FlexBackend, flex_unavailable_reason
 from folo_edu.attention.metadata import AttentionMetadata
 from folo_edu.attention.naive import NaiveBackend
+from folo_edu.attention.numba_backend import NumbaBackend, numba_unavailable_reason
 from folo_edu.attention.paged_torch import PagedTorchBackend
 from folo_edu.attention.sdpa import SdpaBackend
 from folo_edu.attention.triton_backend import TritonBackend, triton_unavailable_reason
@@ -21,7 +23,7 @@ from folo_edu.attention.storage import allocate_kv_cache
 from folo_edu.config import ATTENTION_BACKENDS
 
 BACKENDS = {"naive": NaiveBackend, "sdpa": SdpaBackend, "paged-torch": PagedTorchBackend,
-            "flex": FlexBackend, "triton": TritonBackend}
+            "flex": FlexBackend, "triton": TritonBackend, "numba": NumbaBackend}
 assert ("auto", *BACKENDS) == ATTENTION_BACKENDS, "config.ATTENTION_BACKENDS is out of date"
 
 
@@ -31,6 +33,8 @@ def unavailable_reason(name: str) -> str | None:
         return flex_unavailable_reason()
     if name == "triton":
         return triton_unavailable_reason()
+    if name == "numba":
+        return numba_unavailable_reason()
     return None
 
 
@@ -53,16 +57,17 @@ def _device_type(device) -> str:
 
 
 def resolve_backend_name(name: str, device) -> str:
-    """"auto": triton on CUDA when it is installed, else sdpa.
+    """"auto": triton on CUDA and numba on a CPU when they are installed, else sdpa.
 
-    On a CPU, sdpa wins: triton only runs in its (slow) interpreter there, and flex
-    needs a torch.compile of tens of seconds before it pays off.
+    On a CPU, numba's kernel reads the paged cache in place; sdpa copies it into a
+    padded batch first. triton only runs in its (slow) interpreter there, and flex needs
+    a torch.compile of tens of seconds before it pays off.
     """
     if name != "auto":
         return name
-    if _device_type(device) == "cuda" and unavailable_reason("triton") is None:
-        return "triton"
-    return "sdpa"
+    if _device_type(device) == "cuda":
+        return "triton" if unavailable_reason("triton") is None else "sdpa"
+    return "numba" if unavailable_reason("numba") is None else "sdpa"
 
 
 def get_backend(name: str = "auto", device=None, compile: bool = False) -> AttentionBackend:

@@ -18,7 +18,7 @@ class LLM:
     num_kv_blocks, kv_cache_memory_bytes, kv_cache ("paged"/"contiguous"),
     max_num_seqs, max_num_batched_tokens, enable_chunked_prefill (default True),
     long_prefill_token_threshold, enable_prefix_caching (default: True when paged),
-    attention_backend ("auto", "naive", "sdpa", "paged-torch", "flex", "triton"),
+    attention_backend ("auto", "naive", "sdpa", "paged-torch", "flex", "triton", "numba"),
     enforce_eager (True: never use CUDA graphs), torch_compile, device, seed,
     skip_tokenizer_init.
     """

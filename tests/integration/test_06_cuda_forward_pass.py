@@ -1,7 +1,7 @@
 """M4 oracle: every attention backend that runs here, against transformers and naive.
 
-On a CPU that is naive, sdpa, paged-torch, flex (uncompiled) and triton (in Triton's
-interpreter, so with few tokens). The same backends run compiled on a GPU in
+On a CPU that is naive, sdpa, paged-torch, flex (uncompiled), numba (the CPU kernel)
+and triton (in Triton's interpreter, so with few tokens). The same backends run compiled on a GPU in
 tests/integration/test_cuda.py. Also: torch.compile and the CUDA-graph runner's
 padding path (run eagerly here) give the same tokens as the plain engine.
 """
@@ -17,7 +17,7 @@ from folo_edu.attention import available_backends, unavailable_reason
 from folo_edu.engine.cuda_graphs import DecodeGraphRunner
 
 # The Triton interpreter runs each kernel program in Python: keep its workloads small.
-FAST = [b for b in ("paged-torch", "flex") if b in available_backends()]
+FAST = [b for b in ("paged-torch", "flex", "numba") if b in available_backends()]
 TRITON = pytest.mark.skipif(unavailable_reason("triton") is not None,
                             reason=f"triton: {unavailable_reason('triton')}")
 

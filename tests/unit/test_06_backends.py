@@ -88,12 +88,13 @@ def test_registry_names_match_the_config_choices():
         assert unavailable_reason(name) is None and name in available_backends()
 
 
-def test_auto_is_sdpa_on_cpu_and_triton_on_cuda_when_installed():
-    assert resolve_backend_name("auto", torch.device("cpu")) == "sdpa"
+def test_auto_is_numba_on_cpu_and_triton_on_cuda_when_installed():
+    on_cpu = "numba" if unavailable_reason("numba") is None else "sdpa"
+    assert resolve_backend_name("auto", torch.device("cpu")) == on_cpu
     expected = "triton" if unavailable_reason("triton") is None else "sdpa"
     assert resolve_backend_name("auto", "cuda") == expected
     assert resolve_backend_name("flex", "cuda") == "flex"
-    assert get_backend("auto", torch.device("cpu")).name == "sdpa"
+    assert get_backend("auto", torch.device("cpu")).name == on_cpu
 
 
 def test_unknown_backend_is_named():
