@@ -177,7 +177,7 @@ def default_bench_output(workload: str, device: str) -> str:
     """A new file per run, so the committed benchmarks/results/*.json stay as they are:
     benchmarks/results/m1_single_cpu-20250131-142501.json."""
     name = {"single": "m1_single", "offline": "m2_offline", "latency": "m5_latency",
-            "prefix": "m6_prefix", "serving": "serving"}[workload]
+            "prefix": "m6_prefix", "serving": "serving", "cpu-speed": "cpu_speed"}[workload]
     return f"benchmarks/results/{name}_{device}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
@@ -194,6 +194,8 @@ def _cmd_bench(args) -> int:
         return _cmd_bench_prefix(args, output)
     if args.workload == "serving":
         return _cmd_bench_serving(args, output)
+    if args.workload == "cpu-speed":
+        return _cmd_bench_cpu_speed(args, output)
     cfg = BenchConfig(
         workload=args.workload, model=args.model, device=args.device, dtype=args.dtype,
         threads=args.threads, repeats=args.repeats, seed=args.seed, output=output,
@@ -205,6 +207,21 @@ def _cmd_bench(args) -> int:
         max_model_len=args.max_model_len, kv_cache=args.kv_cache,
         attention_backend=args.attention_backend)
     run(cfg)
+    return 0
+
+
+def _cmd_bench_cpu_speed(args, output: str) -> int:
+    """CPU speed: 1 and 2 threads, idle and beside a busy torch process (issue 16)."""
+    from folo_edu.bench import cpu_speed
+
+    cfg = cpu_speed.CpuSpeedConfig(model=args.model, seed=args.seed, output=output)
+    if args.threads:
+        cfg.threads = (args.threads,)
+    if args.repeats:
+        cfg.repeats = args.repeats
+    if args.num_requests:
+        cfg.num_requests = args.num_requests
+    cpu_speed.run(cfg)
     return 0
 
 
@@ -421,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     help_ = ("benchmark folo_edu against transformers (M1 single, M2 offline); prints a "
              "table and saves JSON")
     p = sub.add_parser("bench", help=help_, description=help_, **fmt)
-    p.add_argument("--workload", choices=("single", "offline", "latency", "prefix", "serving"),
+    p.add_argument("--workload", choices=("single", "offline", "latency", "prefix", "serving",
+                                          "cpu-speed"),
                    default="single",
                    help="single: one request at a time, TTFT and decode tok/s (M1); offline: "
                         "64 requests, continuous vs static batching vs one at a time (M2); "
@@ -431,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompt with caching on/off vs transformers, hit rates (M6); "
                         "serving: folo-edu serve in a child process, streaming completions "
                         "arriving as a Poisson process at several rates, TTFT/ITL p50/p99 "
-                        "and throughput per rate")
+                        "and throughput per rate; cpu-speed: 16 requests at 1 and 2 threads, "
+                        "idle and beside a busy torch process, against static batches, "
+                        "transformers' continuous batching and one at a time, plus the "
+                        "64-request decode step's MFU")
     p.add_argument("--model", default=None,
                    help="HF folder, .gguf file or hub id (default: SmolLM2-135M-Instruct)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",

@@ -229,3 +229,44 @@ class HFRunner:
                 "useful_prompt_tokens": sum(r.prompt_len for r in reqs),
                 "computed_prompt_tokens": len(reqs) * width,
                 "token_ids": token_ids}
+
+    @torch.inference_mode()
+    def run_continuous(self, reqs: list[BenchRequest], max_requests: int = 64,
+                       cache_tokens: int | None = None, max_batch_tokens: int = 2048) -> dict:
+        """transformers' own continuous batching (the manager behind ``generate_batch``,
+        paged attention): every request at once, each with its own max_new_tokens and
+        EOS disabled (eos_token_id=-1), greedy. At most ``max_requests`` sequences and
+        ``max_batch_tokens`` tokens per step, and a KV cache of ``cache_tokens`` tokens
+        (as folo_edu's), so neither engine gets more memory or a bigger step."""
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        gen = GenerationConfig(do_sample=False, max_new_tokens=max(r.max_tokens for r in reqs),
+                               eos_token_id=-1, pad_token_id=self.pad_id)
+        cb = ContinuousBatchingConfig(max_requests_per_batch=max_requests,
+                                      max_batch_tokens=max_batch_tokens)
+        if cache_tokens:
+            cb.num_blocks = -(-cache_tokens // cb.page_size)
+        ids = [f"r{i}" for i in range(len(reqs))]
+        results = {}
+        synchronize(self.device)
+        c0, t0 = time.process_time(), time.perf_counter()
+        with self.model.continuous_batching_context_manager(
+                generation_config=gen, continuous_batching_config=cb, block=True,
+                warmup=False) as manager:
+            for rid, r in zip(ids, reqs):
+                manager.add_request(list(r.prompt_token_ids), request_id=rid,
+                                    max_new_tokens=r.max_tokens, eos_token_id=-1)
+            while len(results) < len(reqs):
+                out = manager.get_result(timeout=1)
+                if out is not None and out.is_finished():
+                    if out.error is not None:
+                        raise RuntimeError(f"transformers continuous batching: {out.error}")
+                    results[out.request_id] = out.generated_tokens
+                elif out is None and not manager.is_running():
+                    raise RuntimeError("transformers continuous batching stopped early")
+        synchronize(self.device)
+        wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        token_ids = [list(results[rid]) for rid in ids]
+        return {"wall_s": wall, "cpu_s": cpu_s, "output_tokens": sum(map(len, token_ids)),
+                "token_ids": token_ids}
