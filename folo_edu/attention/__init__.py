@@ -80,6 +80,15 @@ def get_backend(name: str = "auto", device=None, compile: bool = False) -> Atten
     if reason:
         raise ValueError(f"attention_backend={name!r} cannot run here: {reason}")
     if name == "flex":
+        if compile and _device_type(device) == "cpu":
+            # Measured on a 2-core EPYC: 17-75 s of compiling per decode batch size
+            # (every power of two up to max_num_seqs), before the first token.
+            raise ValueError(
+                "attention_backend='flex' with torch_compile=True on a CPU: compiling "
+                "FlexAttention's CPU kernel takes tens of seconds for each decode batch "
+                "size, so a run spends minutes compiling; expected attention_backend="
+                "'numba' (the CPU default: a kernel that also reads the paged cache in "
+                "place), or 'flex' without torch_compile (a dense reference for small caches)")
         return FlexBackend(compile=compile or _device_type(device) == "cuda")
     return BACKENDS[name]()
 

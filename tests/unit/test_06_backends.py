@@ -75,7 +75,9 @@ def test_compiled_flex_pads_the_batch_to_a_power_of_two():
     q, kc, vc, tables, lens = paged_case(16, 8, 4, 2, [5, 33, 17], dtype=torch.float32)
     meta = AttentionMetadata.build([1] * 3, [5, 33, 17], torch.zeros(3, dtype=torch.long),
                                    tables, 16)
-    backend = get_backend("flex", "cpu", compile=True)
+    from folo_edu.attention.flex import FlexBackend
+
+    backend = FlexBackend(compile=True)  # the engine refuses this on a CPU (minutes of compiling)
     out = backend.forward(q, kc, vc, meta, 0.4, None, None)
     assert meta.per_step["flex_block_mask"].shape[0] == 4
     ref = reference_attention(q, kc, vc, tables, lens, 0.4)
@@ -177,3 +179,9 @@ def test_graph_runner_pads_to_the_bucket_and_returns_only_real_rows():
     assert model.calls[-1][4] == 8 and model.calls[-1][2].tolist()[5:] == [-1, -1, -1]
     with pytest.raises(ValueError, match="decode batch of 9: expected <= 8"):
         runner.bucket(9)
+
+
+def test_engine_refuses_compiled_flex_on_cpu_and_names_the_alternative():
+    with pytest.raises(ValueError, match="attention_backend='flex' with torch_compile=True on a "
+                                         "CPU.*'numba'"):
+        get_backend("flex", "cpu", compile=True)
