@@ -7,7 +7,7 @@ from folo_edu.bench.machine import synchronize
 
 # colour and marker of each attention backend, the same in every M4 figure
 BACKEND_STYLE = {"naive": ("0.45", "o"), "sdpa": ("C0", "s"), "paged-torch": ("C2", "^"),
-                 "flex": ("C3", "v"), "triton": ("C1", "D")}
+                 "flex": ("C3", "v"), "triton": ("C1", "D"), "numba": ("C5", "P")}
 
 
 def new_ax(ax=None, figsize=(6.5, 3.4)):
