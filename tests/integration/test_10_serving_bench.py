@@ -92,41 +92,36 @@ def test_bench_serving_flags_are_checked_before_the_server_starts(capsys):
     assert "--max-model-len=100: expected >= the longest prompt" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def server(model_path):
-    with ServerProcess(model_path, served_model_name="tiny", threads=1,
-                       max_model_len=256) as live:
-        yield live
-    assert live.proc.returncode in (0, -15), live.log()
-
-
-def test_server_process_serves_and_logs(server):
-    assert httpx.get(server.url + "/health").status_code == 200
-    models = httpx.get(server.base_url + "/models").json()["data"]
-    assert [m["id"] for m in models] == ["tiny"]
-    assert "Uvicorn running on http://127.0.0.1" in server.log()
-
-
-def test_lab_check_streams_from_the_live_server(server, capsys):
+def test_server_process_and_the_lab_check_against_it(model_path, capsys):
+    """One live server (a server per test would double the startup under xdist)."""
     from folo_edu.labs import LabCheckFailed
     from folo_edu.labs import serving as lab
 
-    assert lab.check_sse_events(lab.reference_sse_events, server.base_url, "tiny") is True
-    assert "join to the non-streamed text" in capsys.readouterr().out
-    live = lab.stream_completion(lab.reference_sse_events, server.base_url, "tiny",
-                                 "Hello", 5, read_sizes=(1,))
-    assert live["usage"]["completion_tokens"] == len(
-        [c for e in live["events"] for c in e["choices"]]) == 5
-    assert live["finish_reasons"] == ["length"]
-    pieces = [t for _, t in lab.stream_chat(lab.reference_sse_events, server.base_url, "tiny",
-                                            [{"role": "user", "content": "Hi"}], 4)]
-    assert pieces and all(isinstance(p, str) for p in pieces)
+    with ServerProcess(model_path, served_model_name="tiny", threads=1,
+                       max_model_len=256) as server:
+        assert httpx.get(server.url + "/health").status_code == 200
+        models = httpx.get(server.base_url + "/models").json()["data"]
+        assert [m["id"] for m in models] == ["tiny"]
+        assert "Uvicorn running on http://127.0.0.1" in server.log()
 
-    def no_buffer(chunks):  # parses each read on its own: breaks on 1-byte reads
-        for chunk in chunks:
-            for part in chunk.decode(errors="replace").split("\n\n"):
-                if part.startswith("data: ") and part != "data: [DONE]":
-                    yield json.loads(part[6:])
+        assert lab.check_sse_events(lab.reference_sse_events, server.base_url, "tiny") is True
+        assert "join to the non-streamed text" in capsys.readouterr().out
+        live = lab.stream_completion(lab.reference_sse_events, server.base_url, "tiny",
+                                     "Hello", 5, read_sizes=(1,))
+        assert live["usage"]["completion_tokens"] == len(
+            [c for e in live["events"] for c in e["choices"]]) == 5
+        assert live["finish_reasons"] == ["length"]
+        pieces = [t for _, t in lab.stream_chat(lab.reference_sse_events, server.base_url,
+                                                "tiny", [{"role": "user", "content": "Hi"}], 4)]
+        assert pieces and all(isinstance(p, str) for p in pieces)
 
-    with pytest.raises(LabCheckFailed):
-        lab.check_sse_events(no_buffer, server.base_url, "tiny")
+        def no_buffer(chunks):  # parses each read on its own
+            for chunk in chunks:
+                for part in chunk.decode(errors="replace").split("\n\n"):
+                    if part.startswith("data: ") and part != "data: [DONE]":
+                        yield json.loads(part[6:])
+
+        with pytest.raises(LabCheckFailed, match="in the middle of an event"):
+            lab.check_sse_events(no_buffer, server.base_url, "tiny")
+    assert server.proc.returncode in (0, -15), server.log()
+    assert "Finished server process" in server.log()
