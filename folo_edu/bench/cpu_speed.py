@@ -184,6 +184,32 @@ def decode_step(folo: FoloRunner, batch: int, context: tuple[int, int], seed: in
             "step_s": median(times)}
 
 
+def bf16_check(hidden: int, intermediate: int, repeats: int = 20) -> dict:
+    """Is bf16 worth it on this CPU? One MLP up-projection ([M, hidden] x [hidden,
+    2 x intermediate]) in float32 and bfloat16, at M = 1 (one decode) and 64 (a batch).
+    bf16 halves the bytes of the weights but is only fast on CPUs with native bf16
+    arithmetic (AVX512-BF16 or AMX); elsewhere torch converts and it is slower."""
+    from folo_edu.bench.machine import _cpu_flags
+
+    flags = _cpu_flags()
+    out = {"native_bf16_flags": [f for f in flags if f in ("avx512_bf16", "amx_bf16")]}
+    for rows in (1, 64):
+        ms = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(rows, hidden, dtype=dtype)
+            w = torch.randn(2 * intermediate, hidden, dtype=dtype)
+            torch.nn.functional.linear(x, w)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                torch.nn.functional.linear(x, w)
+                times.append(time.perf_counter() - t0)
+            ms[str(dtype).removeprefix("torch.")] = 1e3 * median(times)
+        out[f"rows_{rows}_ms"] = ms
+        out[f"rows_{rows}_bf16_speedup"] = ms["float32"] / ms["bfloat16"]
+    return out
+
+
 def run(cfg: CpuSpeedConfig) -> dict:
     from folo_edu.models.loader import resolve_model_path
 
@@ -208,6 +234,8 @@ def run(cfg: CpuSpeedConfig) -> dict:
     for run_batch in (folo.run_batch, folo_sdpa.run_batch, hf.run_static_batch):
         run_batch(warm)
     hf.run_continuous(warm, cfg.max_num_seqs)
+    torch.set_num_threads(1)
+    result["bf16_check"] = bf16_check(hf_config.hidden_size, hf_config.intermediate_size)
     cells, steps, peaks = [], [], {}
     for threads in cfg.threads:
         torch.set_num_threads(threads)

@@ -30,4 +30,6 @@ def test_cpu_speed_matrix_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert idle["agreement_folo_vs_hf_continuous"]["identical_sequences"] == 4
     assert [s["backend"] for s in res["decode_step"]] == ["numba", "sdpa"]
     assert all(s["step_s"] > 0 and len(s["context_lens"]) == 4 for s in res["decode_step"])
+    bf16 = res["bf16_check"]
+    assert bf16["rows_1_bf16_speedup"] > 0 and set(bf16["rows_64_ms"]) == {"float32", "bfloat16"}
     assert len(res["goals"]) == 5 and all(isinstance(g["met"], bool) for g in res["goals"])
