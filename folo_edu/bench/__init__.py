@@ -6,6 +6,7 @@
     machine    the machine description and its measured matmul peak
     suites     the M1 "single" and M2 "offline" suites; ``run(BenchConfig(...))``
     kv_memory  M3: KV-cache memory waste of paged vs contiguous caches
+    serving    a live server under Poisson arrivals: TTFT/ITL p50/p99 per request rate
 
 The suites are imported on first use, so ``from folo_edu.bench import kv_memory``
 stays light.

@@ -5,6 +5,7 @@
     protocol.py      the OpenAI request bodies and how they become SamplingParams
     metrics.py       GET /metrics with vLLM's Prometheus names
     api_server.py    the FastAPI routes, SSE streaming, errors, serve()
+    server_process.py  ServerProcess: folo-edu serve in a child process on a free port
 
 FastAPI, uvicorn and prometheus-client are imported only here, so ``import folo_edu``
 never needs them.

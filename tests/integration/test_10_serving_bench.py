@@ -92,6 +92,24 @@ def test_bench_serving_flags_are_checked_before_the_server_starts(capsys):
     assert "--max-model-len=100: expected >= the longest prompt" in capsys.readouterr().err
 
 
+def test_bench_serving_never_overwrites_the_committed_results_by_default(monkeypatch):
+    import re
+
+    from folo_edu import cli
+
+    seen = []
+    monkeypatch.setattr("folo_edu.bench.serving.run", seen.append)
+    assert cli.main(["bench", "--workload", "serving", "--device", "cpu"]) == 0
+    assert re.fullmatch(r"benchmarks/results/serving_cpu-\d{8}-\d{6}\.json", seen[0].output)
+    cfg = seen[0]  # the defaults the command passes on
+    assert (cfg.rates, cfg.num_requests, cfg.output_len, cfg.threads) == ((0.25, 0.5, 1.0, 2.0),
+                                                                          16, 32, 1)
+    assert cli.main(["bench", "--workload", "serving", "--output", "x.json", "--rates", "3",
+                     "inf", "--attention-backend", "sdpa"]) == 0
+    assert (seen[1].output, seen[1].rates, seen[1].attention_backend) == (
+        "x.json", (3.0, float("inf")), "sdpa")
+
+
 def test_server_process_and_the_lab_check_against_it(model_path, capsys):
     """One live server (a server per test would double the startup under xdist)."""
     from folo_edu.labs import LabCheckFailed
