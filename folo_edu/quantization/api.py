@@ -10,6 +10,9 @@ import torch
 from folo_edu.quantization.quant_config import GPTQConfig
 
 METHODS = ("gptq", "rtn")
+DEFAULT_CALIBRATION = ("docstrings of the Python standard library's source files "
+                       "(texts.docstring_text; none shares a 64-character run with the "
+                       "evaluation text pydoc_data.topics)")
 
 
 def quantize(model: str | None = None, out_dir: str | Path | None = None, method: str = "gptq",
@@ -20,9 +23,10 @@ def quantize(model: str | None = None, out_dir: str | Path | None = None, method
     checkpoint in ``out_dir`` that ``LLM(model=out_dir)`` loads; returns that folder.
 
     GPTQ calibrates on ``num_samples`` windows of ``seq_len`` tokens from
-    ``calibration_text`` (default: Shakespeare, folo_edu.quantization.texts), or on the
-    given samples if it is a list of token-id lists (for models without a tokenizer);
-    RTN needs none. Every argument is checked before any long work starts.
+    ``calibration_text`` (default: the standard library's docstrings, DEFAULT_CALIBRATION;
+    folo_edu.quantization.texts), or on the given samples if it is a list of token-id
+    lists (for models without a tokenizer); RTN needs none. Every argument is checked
+    before any long work starts.
     """
     from folo_edu.attention import get_backend
     from folo_edu.engine.llm_engine import load_tokenizer
@@ -65,7 +69,7 @@ def quantize(model: str | None = None, out_dir: str | Path | None = None, method
         tokenizer = load_tokenizer(str(path))
         text = calibration_text
         if text is None:
-            from folo_edu.quantization.texts import calibration_text as default_text
+            from folo_edu.quantization.texts import docstring_text as default_text
 
             text = default_text()
         samples = calibration_samples(tokenizer, text, num_samples, seq_len, seed)

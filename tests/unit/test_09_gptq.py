@@ -192,3 +192,30 @@ def test_one_pass_calibration_equals_a_forward_per_map(name):
     for key in expected:  # the same integers: every map saw the same inputs
         assert torch.equal(got[key].q, expected[key].q), key
         torch.testing.assert_close(got[key].scales, expected[key].scales, rtol=0, atol=0)
+
+
+# --- calibration text --------------------------------------------------------------
+
+def test_docstrings_skip_tests_and_text_shared_with_the_evaluation(tmp_path):
+    from folo_edu.quantization.texts import docstrings
+
+    evaluation = ("The quick brown fox jumps over the lazy dog while the cat sleeps on "
+                  "the warm windowsill all afternoon long. ")
+    first, second = evaluation[:40], evaluation[40:100]  # each shorter than a 64-char run
+
+    def module(path, *docs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = "".join(f"def f{i}():\n    {d!r}\n" for i, d in enumerate(docs))
+        path.write_text(body, encoding="utf-8")
+
+    keep = "A docstring of its own, long enough to be kept as calibration text."
+    module(tmp_path / "a.py", keep, "Copied:   " + evaluation.upper().lower())
+    module(tmp_path / "b.py", first, second)             # shared only once joined
+    module(tmp_path / "c.py", "Another docstring that is not in the evaluation text at all.")
+    module(tmp_path / "test_x.py", "A test module's docstring, never calibration text here.")
+    module(tmp_path / "tests" / "y.py", "A docstring under tests/, never calibration text.")
+    module(tmp_path / "pydoc_data" / "z.py", "The evaluation text's own package is skipped.")
+    module(tmp_path / "d.py", "short")                    # under min_chars
+    assert docstrings(tmp_path, exclude=evaluation, min_chars=20) == [
+        keep, "Another docstring that is not in the evaluation text at all."]
+    assert len(docstrings(tmp_path, min_chars=20)) == 5  # nothing excluded: a, a, b, b, c
