@@ -151,3 +151,12 @@ def test_perplexity_equals_transformers_on_the_default_model():
             nll -= lp[torch.arange(255), w[0, 1:]].sum().item()
             count += 255
     assert ours == pytest.approx(torch.tensor(nll / count).exp().item(), rel=1e-4)
+
+
+def test_the_default_calibration_text_shares_no_run_with_the_evaluation_text():
+    from folo_edu.quantization import texts
+
+    calibration, evaluation = texts.docstring_text(), texts.evaluation_text()
+    assert len(calibration) > 500_000  # the stdlib's docstrings, not an empty filter
+    assert not texts.shares_a_run(calibration, texts._runs(evaluation))
+    assert texts.shares_a_run(evaluation[:5000], texts._runs(evaluation))  # the check works
