@@ -253,7 +253,11 @@ def run(cfg: CpuSpeedConfig) -> dict:
             cells.append(_cell(cfg, (folo, folo_sdpa, hf), reqs, threads, busy))
             print("  " + ", ".join(f"{k} {v:.2f}x" for k, v in cells[-1]["ratios"].items()
                                    if v is not None), flush=True)
-    result.update({"matmul_peak": peaks, "decode_step": steps, "cells": cells,
+            if cfg.output and cfg.output != "-":  # a long run keeps what it has measured
+                save_json(cfg.output, {**result, "matmul_peak": peaks, "decode_step": steps,
+                                       "cells": cells, "complete": False})
+    result.update({"complete": True, "matmul_peak": peaks, "decode_step": steps,
+                   "cells": cells,
                    "goals": _goals(cells, steps), "load_average_at_end": load_average(),
                    "bench_wall_s": time.perf_counter() - t_start})
     if cfg.output and cfg.output != "-":
