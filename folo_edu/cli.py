@@ -323,11 +323,12 @@ def _cmd_quantize(args) -> int:
         print(f"[{time.perf_counter() - start:6.1f} s] {message}", flush=True)
 
     try:  # every setting is checked against the model before any layer is quantized
-        GPTQConfig(args.bits, args.group_size, args.desc_act, not args.asym)
+        GPTQConfig(args.bits, args.group_size, args.desc_act, not args.asym, args.damp_percent)
         folder = quantize(args.model, out, method=args.method, bits=args.bits,
                           group_size=args.group_size, desc_act=args.desc_act,
                           sym=not args.asym, num_samples=args.num_samples,
-                          seq_len=args.seq_len, seed=args.seed, progress=progress)
+                          seq_len=args.seq_len, damp_percent=args.damp_percent,
+                          seed=args.seed, progress=progress)
     except ValueError as e:  # quantization_config.group_size=... -> --group-size=...
         raise UsageError(re.sub(r"quantization_config\.(\w+)=",
                                 lambda m: f"--{m.group(1).replace('_', '-')}=", str(e))) from e
@@ -533,7 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asym", action="store_true",
                    help="asymmetric grid (a zero point per group) instead of symmetric")
     p.add_argument("--num-samples", type=int, default=128,
-                   help="gptq: calibration windows of Shakespeare")
+                   help="gptq: calibration windows of the standard library's docstrings "
+                        "(the evaluation text, pydoc_data.topics, is left out of them)")
+    p.add_argument("--damp-percent", type=float, default=0.01,
+                   help="gptq: dampening added to the Hessian's diagonal, as a share of its "
+                        "mean, in (0, 1); docs/dev/milestone_7.md measured 0.1 better here")
     p.add_argument("--seq-len", type=int, default=512, help="gptq: tokens per calibration window")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the calibration windows' offsets, >= 0")

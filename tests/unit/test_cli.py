@@ -74,6 +74,8 @@ BAD_FLAGS = [
      "--group-size=0: expected an int >= 1, or -1"),
     (["quantize", "--out", "x", "--num-samples", "0"], "--num-samples=0: expected an int >= 1"),
     (["quantize", "--out", "x", "--seq-len", "1"], "--seq-len=1: expected an int >= 2"),
+    (["quantize", "--out", "x", "--damp-percent", "1.5"],
+     "--damp-percent=1.5: expected a float in (0, 1)"),
 ]
 
 
