@@ -24,6 +24,7 @@ def test_cpu_speed_matrix_on_a_tiny_model(tiny_model_dir, tmp_path):
                                    "folo_edu_over_hf_one_at_a_time"}
     assert set(busy["ratios"]) == {"folo_edu_over_hf_static"}
     assert all(r > 0 for c in cells.values() for r in c["ratios"].values())
+    assert len(idle["pair_ratios_folo_edu_over_hf_static"]["each"]) == 2
     # Random tiny weights in float32: the engines agree exactly on so few tokens.
     assert idle["agreement_folo_vs_hf_static"]["identical_sequences"] == 4
     assert idle["agreement_numba_vs_sdpa"]["identical_sequences"] == 4
