@@ -57,3 +57,31 @@ def tiny_model_dir(tmp_path_factory):
         return built[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tiny_model_dir, tmp_path_factory):
+    """Factory: ``tiny_chat_model_dir(dtype) -> str``, a tiny Llama named "tiny-chat" with
+    SmolLM2's vocabulary size and the default model's tokenizer and chat template (for the
+    server tests). Skips when the default model's tokenizer is not in the cache."""
+    import shutil
+
+    from folo_edu.models.default_model import default_model_dir
+
+    built: dict[torch.dtype, str] = {}
+
+    def build(dtype: torch.dtype) -> str:
+        src = default_model_dir()
+        if not (src / "tokenizer.json").is_file():
+            pytest.skip("the default model's tokenizer is not in the cache: run folo-edu download")
+        if dtype not in built:
+            tiny = tiny_model_dir("llama-gqa2-tied", dtype=dtype, vocab_size=49152)
+            path = tmp_path_factory.mktemp("serving") / "tiny-chat"
+            shutil.copytree(tiny, path)
+            for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+                if (src / name).is_file():
+                    shutil.copy(src / name, path / name)
+            built[dtype] = str(path)
+        return built[dtype]
+
+    return build

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,24 +37,10 @@ MODEL = "tiny-chat"
 MAX_MODEL_LEN = 256
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time,",
            "Water boils at"]
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
-
 @pytest.fixture(scope="module")
-def model_path(tiny_model_dir, tmp_path_factory):
+def model_path(tiny_chat_model_dir):
     """A tiny float64 Llama with SmolLM2's vocabulary size and tokenizer."""
-    from folo_edu.models.default_model import default_model_dir
-
-    src = default_model_dir()
-    if not (src / "tokenizer.json").is_file():
-        pytest.skip("the default model's tokenizer is not in the cache: run folo-edu download")
-    tiny = tiny_model_dir("llama-gqa2-tied", dtype=torch.float64, vocab_size=49152)
-    path = tmp_path_factory.mktemp("serving") / "tiny-chat"
-    shutil.copytree(tiny, path)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy(src / name, path / name)
-    return str(path)
+    return tiny_chat_model_dir(torch.float64)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from a live server with the reference parser and refuses a parser with a bug.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -21,23 +20,9 @@ httpx = pytest.importorskip("httpx")
 
 from folo_edu.entrypoints.server_process import ServerProcess  # noqa: E402
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-
-
 @pytest.fixture(scope="module")
-def model_path(tiny_model_dir, tmp_path_factory):
-    from folo_edu.models.default_model import default_model_dir
-
-    src = default_model_dir()
-    if not (src / "tokenizer.json").is_file():
-        pytest.skip("the default model's tokenizer is not in the cache: run folo-edu download")
-    tiny = tiny_model_dir("llama-gqa2-tied", dtype=torch.float32, vocab_size=49152)
-    path = tmp_path_factory.mktemp("serving-bench") / "tiny-chat"
-    shutil.copytree(tiny, path)
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy(src / name, path / name)
-    return str(path)
+def model_path(tiny_chat_model_dir):
+    return tiny_chat_model_dir(torch.float32)
 
 
 def test_bench_serving_end_to_end(model_path, tmp_path, capsys):
