@@ -27,7 +27,7 @@ import torch
 
 from folo_edu.bench.machine import (load_average, machine_info, resolve_bench_device,
                                     source_version, synchronize)
-from folo_edu.bench.metrics import median, save_json, table, timestamp
+from folo_edu.bench.metrics import median, percentile, save_json, table, timestamp
 from folo_edu.bench.workloads import BenchRequest, _random_ids, special_token_ids_of
 
 GOAL_RATIO = 1.5  # issue 10: with chunking, p99 ITL <= 1.5 x p50 while a long prompt arrives
@@ -179,16 +179,6 @@ def run_arrival(engine, running: list[BenchRequest], long: BenchRequest | None,
     return result
 
 
-def _pct(values, p: float):
-    if not values:
-        return None
-    ordered = sorted(values)
-    x = (len(ordered) - 1) * p / 100
-    lo = int(x)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (x - lo)
-
-
 def summarize_run(run: dict) -> dict:
     """The numbers of one ``run_arrival``: ITLs of the running requests (all of them;
     those whose token came in a step with a chunk of the long prompt; the others), the
@@ -199,13 +189,13 @@ def summarize_run(run: dict) -> dict:
               for x, s in zip(row, steps) if s in chunk_steps]
     other = [x for row, steps in zip(run["itls"], run["itl_steps"])
              for x, s in zip(row, steps) if s not in chunk_steps]
-    p50, p99 = _pct(flat, 50), _pct(flat, 99)
-    out = {"itl_p50_s": p50, "itl_p90_s": _pct(flat, 90), "itl_p99_s": p99,
+    p50, p99 = percentile(flat, 50), percentile(flat, 99)
+    out = {"itl_p50_s": p50, "itl_p90_s": percentile(flat, 90), "itl_p99_s": p99,
            "itl_max_s": max(flat) if flat else None,
            "itl_p99_over_p50": p99 / p50 if p50 else None,
            "itl_max_over_p50": max(flat) / p50 if p50 else None,
-           "itl_median_during_long_prefill_s": _pct(during, 50),
-           "itl_median_otherwise_s": _pct(other, 50),
+           "itl_median_during_long_prefill_s": percentile(during, 50),
+           "itl_median_otherwise_s": percentile(other, 50),
            "num_itls": len(flat), "num_itls_during_long_prefill": len(during),
            "wall_s": sum(run["step_s"]), "num_steps": run["num_steps"]}
     if "long_ttft_s" in run:

@@ -21,6 +21,18 @@ def median(values):
     return statistics.median(vals) if vals else None
 
 
+def percentile(values, p: float):
+    """The p-th percentile by linear interpolation (numpy's default), None for no values.
+    (The engine's get_stats uses the same rule: llm_engine.percentiles.)"""
+    if not values:
+        return None
+    ordered = sorted(values)
+    x = (len(ordered) - 1) * p / 100
+    lo = int(x)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (x - lo)
+
+
 def ratio(a, b):
     return None if a is None or not b else a / b
 

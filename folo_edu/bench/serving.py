@@ -35,7 +35,7 @@ from pathlib import Path
 
 from folo_edu.bench.machine import (load_average, machine_info, resolve_bench_device,
                                     source_version)
-from folo_edu.bench.metrics import save_json, table, timestamp
+from folo_edu.bench.metrics import percentile, save_json, table, timestamp
 from folo_edu.bench.workloads import BenchRequest, _random_ids, special_token_ids_of
 
 
@@ -217,21 +217,10 @@ async def _poll_metrics(client, url: str, period: float, samples: list[dict]) ->
         await asyncio.sleep(period)
 
 
-def _pct(values, p: float):
-    """Percentile by linear interpolation (numpy's default), None for no values."""
-    if not values:
-        return None
-    s = sorted(values)
-    x = (len(s) - 1) * p / 100
-    lo = int(x)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (x - lo)
-
-
 def _stats(values) -> dict:
     vals = [v for v in values if v is not None]
-    return {"mean": sum(vals) / len(vals) if vals else None, "p50": _pct(vals, 50),
-            "p99": _pct(vals, 99), "max": max(vals) if vals else None, "n": len(vals)}
+    return {"mean": sum(vals) / len(vals) if vals else None, "p50": percentile(vals, 50),
+            "p99": percentile(vals, 99), "max": max(vals) if vals else None, "n": len(vals)}
 
 
 def summarize_rate(rate: float, records: list[RequestRecord], duration: float,
