@@ -33,6 +33,7 @@ import torch
 from folo_edu.bench.machine import load_average, machine_info, matmul_peak, source_version
 from folo_edu.bench.metrics import agreement, median, mfu, ratio, save_json, timestamp
 from folo_edu.bench.runners import FoloRunner, HFRunner
+from folo_edu.bench.suites import _evenly, _hf_single
 from folo_edu.bench.workloads import (BenchRequest, describe, offline_workload,
                                       special_token_ids_of)
 
@@ -98,13 +99,12 @@ def _static(hf: HFRunner, reqs, batch: int) -> dict:
 
 
 def _one_at_a_time(hf: HFRunner, reqs, k: int) -> dict:
-    """k requests spread over the output lengths, alone; tok/s extrapolated to all."""
-    order = sorted(range(len(reqs)), key=lambda i: reqs[i].max_tokens)
-    idx = sorted({order[round(j * (len(reqs) - 1) / max(k - 1, 1))] for j in range(k)})
-    runs = [hf.run_one(reqs[i]) for i in idx]
-    useful = sum(o["num_tokens"] for o in runs)
-    return {"requests_run": idx, "output_tok_s": useful / sum(o["total_s"] for o in runs),
-            "output_tok_s_cpu": useful / sum(o["total_cpu_s"] for o in runs)}
+    """k requests spread over the output lengths, alone; tok/s extrapolated to all
+    (the offline suite's sample: suites._evenly and suites._hf_single)."""
+    by_len = sorted(range(len(reqs)), key=lambda i: (reqs[i].max_tokens, i))
+    idx = sorted(by_len[j] for j in _evenly(len(reqs), k))
+    rec, _ = _hf_single(hf, reqs, idx, sum(r.max_tokens for r in reqs))
+    return rec
 
 
 def _timed(fn, name: str, reqs) -> tuple[dict, list]:
