@@ -23,6 +23,9 @@ KV_CACHE_KINDS = ("paged", "contiguous")
 # The attention backends by name; folo_edu.attention checks its registry against this list
 # and says whether each can run here (config never imports the layers it configures).
 ATTENTION_BACKENDS = ("auto", "naive", "sdpa", "paged-torch", "flex", "triton", "numba")
+# Who multiplies a step's few decode rows by the weights: torch, or our CPU kernel
+# (folo_edu.models.numba_linear); "auto" = numba on a CPU when it is installed.
+LINEAR_BACKENDS = ("auto", "torch", "numba")
 # KV cache budget when neither num_kv_blocks nor kv_cache_memory_bytes is given.
 DEFAULT_CPU_KV_BYTES = 1 << 30
 
@@ -226,6 +229,7 @@ class EngineConfig:
     cache_config: CacheConfig = field(default_factory=CacheConfig)
     scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
     attention_backend: str = "auto"
+    linear_backend: str = "auto"
     # False: decode steps replay CUDA graphs where the device and backend allow it.
     enforce_eager: bool = False
     # True: torch.compile the dense per-layer work (norms, projections, MLP) and flex.
@@ -233,6 +237,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         _choice("EngineConfig", "attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        _choice("EngineConfig", "linear_backend", self.linear_backend, LINEAR_BACKENDS)
         _bool_field("EngineConfig", "enforce_eager", self.enforce_eager)
         _bool_field("EngineConfig", "torch_compile", self.torch_compile)
         sc = self.scheduler_config
@@ -295,7 +300,7 @@ class EngineConfig:
                     kv_cache="paged", enable_prefix_caching=None, max_num_seqs=64,
                     max_num_batched_tokens=None, enable_chunked_prefill=True,
                     long_prefill_token_threshold=0,
-                    attention_backend="auto", enforce_eager=False,
+                    attention_backend="auto", linear_backend="auto", enforce_eager=False,
                     torch_compile=False) -> "EngineConfig":
         """Build all four configs from the flat keyword arguments ``LLM`` takes (plain
         data: the checkpoint is read later, by ``resolve_config``)."""
@@ -306,4 +311,4 @@ class EngineConfig:
                         enable_prefix_caching),
             SchedulerConfig(max_num_seqs, max_num_batched_tokens, enable_chunked_prefill,
                             long_prefill_token_threshold),
-            attention_backend, enforce_eager, torch_compile)
+            attention_backend, linear_backend, enforce_eager, torch_compile)

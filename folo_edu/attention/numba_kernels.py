@@ -98,12 +98,18 @@ if numba is not None:
                               fastmath={"reassoc", "contract", "arcp"})(_decode_rows)
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """One pool of ``workers`` Python threads per process, shared by the Numba kernels."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="folo-numba")
+    return _POOLS[workers]
+
+
 class NumbaDecoder:
     """Runs the kernel over a batch, split across ``torch.get_num_threads()`` threads."""
-
-    def __init__(self):
-        self._pool: ThreadPoolExecutor | None = None
-        self._workers = 0
 
     def __call__(self, q, k_cache, v_cache, block_tables, seq_lens, scale: float):
         """q [B, H, D], caches [N, bs, KVH, D], block_tables [B, W], seq_lens [B] -> [B, H, D]."""
@@ -119,7 +125,7 @@ class NumbaDecoder:
         if workers <= 1:
             _decode_rows(*args, 0, rows, zero)
             return out
-        pool = self._thread_pool(workers)
+        pool = thread_pool(workers)
         # Cut at equal shares of key positions, not of rows: the work is the length.
         lens = seq_lens.to(torch.long).cumsum(0)
         cuts = [0] + [int(torch.searchsorted(lens, lens[-1] * i // workers))
@@ -129,11 +135,3 @@ class NumbaDecoder:
         for job in jobs:
             job.result()
         return out
-
-    def _thread_pool(self, workers: int) -> ThreadPoolExecutor:
-        if self._pool is None or self._workers != workers:
-            if self._pool is not None:
-                self._pool.shutdown()
-            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="folo-numba")
-            self._workers = workers
-        return self._pool

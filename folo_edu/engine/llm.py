@@ -19,6 +19,7 @@ class LLM:
     max_num_seqs, max_num_batched_tokens, enable_chunked_prefill (default True),
     long_prefill_token_threshold, enable_prefix_caching (default: True when paged),
     attention_backend ("auto", "naive", "sdpa", "paged-torch", "flex", "triton", "numba"),
+    linear_backend ("auto", "torch", "numba": who multiplies decode rows by the weights),
     enforce_eager (True: never use CUDA graphs), torch_compile, device, seed,
     skip_tokenizer_init.
     """

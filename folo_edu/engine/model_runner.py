@@ -40,13 +40,26 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[str, list[RankedLogprobs]] = field(default_factory=dict)
 
 
+def _linear_kernel(config: EngineConfig, device: torch.device, dtype: torch.dtype):
+    """EngineConfig.linear_backend's kernel for few-row matmuls, or None (torch)."""
+    if config.linear_backend == "torch" or (config.linear_backend == "auto"
+                                            and device.type != "cpu"):
+        return None  # no Numba import where it cannot be used
+    from folo_edu.models.numba_linear import get_linear_kernel
+
+    return get_linear_kernel(config.linear_backend, device, dtype, config.torch_compile)
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig):
         mc = config.model_config
         self.device, self.dtype = mc.torch_device, mc.torch_dtype
         self.backend = get_backend(config.attention_backend, self.device,
                                    compile=config.torch_compile)
+        linear_kernel = _linear_kernel(config, self.device, self.dtype)
         self.model = load_model(mc.path, mc.hf_config, self.backend, self.dtype, self.device)
+        self.model.set_linear_kernel(linear_kernel)
+        self.linear_backend = "numba" if linear_kernel is not None else "torch"
         if config.torch_compile:
             self.model.compile_dense()
         self.block_size = config.tokens_per_block

@@ -10,12 +10,11 @@ positions, and an AttentionMetadata saying where their K/V live in the cache.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from folo_edu.attention.metadata import AttentionMetadata
-from folo_edu.models.layers import (RMSNorm, RotaryEmbedding, SwiGLUMLP, apply_rope,
-                                    rope_parameters)
+from folo_edu.models.layers import (Linear, RMSNorm, RotaryEmbedding, SwiGLUMLP, apply_rope,
+                                    linear, rope_parameters)
 
 
 class DecoderSpec:
@@ -56,9 +55,9 @@ class Attention(nn.Module):
             spec.num_heads, spec.num_kv_heads, spec.head_dim)
         self.q_size = spec.num_heads * spec.head_dim
         self.kv_size = spec.num_kv_heads * spec.head_dim
-        self.qkv_proj = nn.Linear(spec.hidden_size, self.q_size + 2 * self.kv_size,
-                                  bias=spec.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, spec.hidden_size, bias=False)
+        self.qkv_proj = Linear(spec.hidden_size, self.q_size + 2 * self.kv_size,
+                               bias=spec.qkv_bias)
+        self.o_proj = Linear(self.q_size, spec.hidden_size, bias=False)
         if spec.qk_norm:
             self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
             self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps)
@@ -117,8 +116,9 @@ class DecoderModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(spec, backend) for _ in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         if not spec.tie_word_embeddings:
-            self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+            self.lm_head = Linear(spec.hidden_size, spec.vocab_size, bias=False)
         self.rotary: RotaryEmbedding | None = None  # built by init_rotary, off the meta device
+        self.linear_kernel = None  # None: torch; see set_linear_kernel
 
     def init_rotary(self, device) -> None:
         s = self.spec
@@ -127,6 +127,14 @@ class DecoderModel(nn.Module):
     def set_attention_backend(self, backend) -> None:
         for layer in self.layers:
             layer.self_attn.backend = backend
+
+    def set_linear_kernel(self, kernel) -> None:
+        """Route the few-row calls of every Linear map and the LM head through ``kernel``
+        (e.g. numba_linear.SkinnyMatmul); None restores torch's F.linear everywhere."""
+        self.linear_kernel = kernel
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.matmul = kernel
 
     def compile_dense(self) -> None:
         """torch.compile each layer's dense halves (dynamic in the token count)."""
@@ -145,4 +153,4 @@ class DecoderModel(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head, for just the rows whose next token we want."""
         weight = self.embed_tokens.weight if self.spec.tie_word_embeddings else self.lm_head.weight
-        return F.linear(self.norm(hidden), weight)
+        return linear(self.norm(hidden), weight, kernel=self.linear_kernel)

@@ -98,13 +98,34 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+class Linear(nn.Linear):
+    """nn.Linear, whose calls on a few rows may go through a faster kernel.
+
+    ``matmul`` is None (torch's F.linear) or a kernel with ``handles(x, weight)`` and
+    ``(x, weight, bias)``, such as the CPU decode matmul in ``numba_linear``; the model
+    sets it on all its Linear maps at once (DecoderModel.set_linear_kernel).
+    """
+
+    matmul = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, self.matmul)
+
+
+def linear(x, weight, bias=None, kernel=None) -> torch.Tensor:
+    """x @ weight.T + bias, through ``kernel`` when it takes this call, else F.linear."""
+    if kernel is not None and kernel.handles(x, weight):
+        return kernel(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class SwiGLUMLP(nn.Module):
     """down(silu(gate(x)) * up(x)); gate and up are one fused matmul."""
 
     def __init__(self, hidden: int, intermediate: int):
         super().__init__()
-        self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_up_proj = Linear(hidden, 2 * intermediate, bias=False)
+        self.down_proj = Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
