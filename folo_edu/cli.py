@@ -65,6 +65,7 @@ _CHECKS = {
     "min_len": (lambda v: v >= 1, "an int >= 1"),
     "max_len": (lambda v: v >= 1, "an int >= 1"),
     "max_num_seqs": (lambda v: v >= 1, "an int >= 1"),
+    "max_num_batched_tokens": (lambda v: v >= 1, "an int >= 1"),
     "max_pending": (lambda v: v >= 1, "an int >= 1"),
     "hf_batch_size": (lambda v: v >= 1, "an int >= 1"),
     "hf_static_sample": (lambda v: v >= 1, "an int >= 1"),
@@ -79,10 +80,12 @@ _CHECKS = {
 
 
 def _flag(parser: argparse.ArgumentParser, dest: str) -> str:
-    """The option string (--max-tokens) of a parsed attribute (max_tokens)."""
+    """The option string (--max-tokens) of a parsed attribute (max_tokens); for an on/off
+    pair the 'on' one (--enable-prefix-caching, not --no-enable-prefix-caching)."""
     for action in parser._actions:
         if action.dest == dest and action.option_strings:
-            return action.option_strings[-1]
+            on = [o for o in action.option_strings if not o.startswith("--no-")]
+            return (on or action.option_strings)[-1]
     return "--" + dest.replace("_", "-")
 
 
@@ -130,8 +133,8 @@ def _load_llm(args):
     from folo_edu import LLM
 
     return LLM(args.model, max_model_len=args.max_model_len, seed=args.seed,
-               attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
-               torch_compile=args.torch_compile)
+               attention_backend=args.attention_backend, linear_backend=args.linear_backend,
+               enforce_eager=args.enforce_eager, torch_compile=args.torch_compile)
 
 
 def _cmd_generate(args) -> int:
@@ -257,18 +260,33 @@ def _cmd_check(args) -> int:
     return 0 if grade.passed else 1
 
 
+def serve_engine_kwargs(args) -> dict:
+    """The LLMEngine.from_kwargs keywords of folo-edu serve's engine flags. A flag left
+    unset (None) is left out, so the engine's own default applies (prefix caching on
+    with the paged cache, chunked prefill on, the token budget chosen from them)."""
+    kwargs = dict(max_model_len=args.max_model_len, seed=args.seed, dtype=args.dtype,
+                  attention_backend=args.attention_backend,
+                  linear_backend=args.linear_backend, enforce_eager=args.enforce_eager,
+                  torch_compile=args.torch_compile, max_num_seqs=args.max_num_seqs,
+                  max_num_batched_tokens=args.max_num_batched_tokens,
+                  enable_prefix_caching=args.enable_prefix_caching,
+                  enable_chunked_prefill=args.enable_chunked_prefill)
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
 def _cmd_serve(args) -> int:
     """An OpenAI-compatible server (folo_edu/entrypoints) until SIGINT/SIGTERM."""
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port={args.port}: expected an int in [0, 65535]")
+    from folo_edu.config import EngineConfig
+
+    # The configs are plain data: their field checks run now, before anything loads.
+    config = EngineConfig.from_kwargs(args.model, **serve_engine_kwargs(args))
     from folo_edu.engine.llm_engine import LLMEngine
     from folo_edu.entrypoints.api_server import serve
     from folo_edu.models.default_model import DEFAULT_MODEL_NAME
 
-    engine = LLMEngine.from_kwargs(
-        args.model, max_model_len=args.max_model_len, seed=args.seed,
-        attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
-        torch_compile=args.torch_compile, max_num_seqs=args.max_num_seqs)
+    engine = LLMEngine(config)
     name = args.served_model_name or args.model or DEFAULT_MODEL_NAME
     serve(engine, name, args.host, args.port, api_key=args.api_key,
           max_pending=args.max_pending)
@@ -378,14 +396,24 @@ def _add_model_args(p: argparse.ArgumentParser, max_tokens: int, backends) -> No
                    help="random seed of the engine and of the sampling, >= 0")
     p.add_argument("--attention-backend", choices=backends, default="auto",
                    help="attention implementation; auto picks the best one that runs here")
+    _add_linear_backend_arg(p)
     p.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
     p.add_argument("--torch-compile", action="store_true",
                    help="torch.compile the dense layer work (slow start, see "
                         "docs/dev/milestone_4)")
 
 
+def _add_linear_backend_arg(p: argparse.ArgumentParser) -> None:
+    from folo_edu.config import LINEAR_BACKENDS
+
+    p.add_argument("--linear-backend", choices=LINEAR_BACKENDS, default="auto",
+                   help="who multiplies a decode step's few rows by the weights: torch, or "
+                        "folo_edu's Numba CPU kernel; auto picks numba on a CPU when it is "
+                        "installed, else torch")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from folo_edu.config import ATTENTION_BACKENDS
+    from folo_edu.config import ATTENTION_BACKENDS, DTYPES
 
     fmt = dict(formatter_class=_HelpFormatter)
     parser = _Parser(prog="folo-edu", description=DESCRIPTION, epilog=EPILOG, **fmt)
@@ -427,10 +455,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest prompt + answer in tokens, >= 1")
     p.add_argument("--max-num-seqs", type=int, default=64,
                    help="most requests in one batch")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="most tokens in one engine step, >= --max-num-seqs (default: the "
+                        "engine's: 2048, or without chunked prefill the larger of 2048 and "
+                        "--max-model-len)")
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="reuse the KV blocks of prompt prefixes already computed (default: "
+                        "the engine's, on)")
+    p.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="split long prompts over several steps; off, a whole prompt must "
+                        "fit in --max-num-batched-tokens (default: the engine's, on)")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                   help="weights and activations; auto: float32 on a CPU, on a GPU the "
+                        "checkpoint's (float32 checkpoints run in bfloat16 or float16)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the engine (requests without a seed use it)")
     p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
                    help="attention implementation; auto picks the best one that runs here")
+    _add_linear_backend_arg(p)
     p.add_argument("--enforce-eager", action="store_true", help="never use CUDA graphs")
     p.add_argument("--torch-compile", action="store_true",
                    help="torch.compile the dense layer work (slow start)")

@@ -488,3 +488,42 @@ def test_serve_flags_are_checked_before_loading(capsys):
     assert "--port=70000" in capsys.readouterr().err
     assert main(["serve", "--max-pending", "0"]) == 2
     assert "--max-pending=0" in capsys.readouterr().err
+
+
+def test_serve_engine_flags_reach_the_engine(model_path, monkeypatch):
+    """--dtype, --max-num-batched-tokens, --[no-]enable-prefix-caching,
+    --[no-]enable-chunked-prefill and --linear-backend build the engine that is served."""
+    from folo_edu import cli
+
+    served = []
+    monkeypatch.setattr("folo_edu.entrypoints.api_server.serve",
+                        lambda engine, *a, **kw: served.append(engine))
+    flags = ["serve", "--model", model_path, "--max-model-len", "128", "--max-num-seqs", "4"]
+    assert cli.main([*flags, "--dtype", "float64", "--max-num-batched-tokens", "160",
+                     "--no-enable-prefix-caching", "--no-enable-chunked-prefill",
+                     "--linear-backend", "torch"]) == 0
+    assert cli.main([*flags, "--dtype", "float32", "--enable-prefix-caching",
+                     "--max-num-batched-tokens", "32"]) == 0
+    off, on = served
+    assert off.model_runner.dtype == torch.float64 and on.model_runner.dtype == torch.float32
+    assert off.model_runner.linear_backend == "torch"
+    assert off.config.scheduler_config.max_num_batched_tokens == 160
+    assert off.config.scheduler_config.enable_chunked_prefill is False
+    assert off.config.cache_config.enable_prefix_caching is False
+    assert on.config.scheduler_config.max_num_batched_tokens == 32
+    assert on.config.scheduler_config.enable_chunked_prefill is True
+    assert on.config.cache_config.enable_prefix_caching is True
+
+
+def test_serve_budget_without_chunking_is_refused_naming_the_flags(model_path, capsys,
+                                                                    monkeypatch):
+    from folo_edu import cli
+
+    monkeypatch.setattr("folo_edu.entrypoints.api_server.serve",
+                        lambda *a, **kw: pytest.fail("the server started"))
+    assert cli.main(["serve", "--model", model_path, "--max-model-len", "128",
+                     "--max-num-seqs", "4", "--max-num-batched-tokens", "100",
+                     "--no-enable-chunked-prefill"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("folo-edu: error: --max-num-batched-tokens=100: expected >= "
+                          "--max-model-len=128 when --enable-chunked-prefill is False"), err

@@ -76,6 +76,9 @@ BAD_FLAGS = [
     (["quantize", "--out", "x", "--seq-len", "1"], "--seq-len=1: expected an int >= 2"),
     (["quantize", "--out", "x", "--damp-percent", "1.5"],
      "--damp-percent=1.5: expected a float in (0, 1)"),
+    (["serve", "--max-num-batched-tokens", "0"], "--max-num-batched-tokens=0: expected an int >= 1"),
+    (["serve", "--max-num-batched-tokens", "10"],  # EngineConfig's rule, named by flags
+     "--max-num-batched-tokens=10: expected >= --max-num-seqs=64 (every running request"),
 ]
 
 
@@ -99,6 +102,17 @@ def test_bad_values_name_the_flag_and_fail_before_loading(capsys, monkeypatch, a
     (["quantize", "--out", "x", "--bits", "5"], "argument --bits: invalid choice: 5"),
     (["quantize", "--out", "x", "--method", "awq"], "invalid choice: 'awq'"),
     (["quantize"], "the following arguments are required: --out"),
+    (["serve", "--dtype", "float8"], "argument --dtype: invalid choice: 'float8' (choose from "
+                                     "'auto', 'float16', 'bfloat16', 'float32', 'float64')"),
+    (["serve", "--linear-backend", "cuda"], "argument --linear-backend: invalid choice: "
+                                            "'cuda' (choose from 'auto', 'torch', 'numba')"),
+    (["generate", "hi", "--linear-backend", "blas"], "argument --linear-backend: invalid "
+                                                     "choice: 'blas'"),
+    (["chat", "--linear-backend", "blas"], "argument --linear-backend: invalid choice: 'blas'"),
+    (["serve", "--max-num-batched-tokens", "x"], "--max-num-batched-tokens='x': expected an int"),
+    (["serve", "--enable-prefix-caching=yes"], "argument --enable-prefix-caching/"
+                                               "--no-enable-prefix-caching: ignored explicit "
+                                               "argument 'yes'"),
 ])
 def test_parse_errors_are_one_line_with_exit_code_2(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
@@ -118,6 +132,87 @@ def test_library_errors_are_renamed_to_flags(capsys, monkeypatch):
     assert capsys.readouterr().err == (
         "folo-edu: error: --max-model-len=99999: expected an int in [1, 8192]; "
         "prompt has 7 tokens; expected at most --max-model-len - 1\n")
+
+
+# ---- serve's and generate's engine flags reach the engine's config ------------------------
+def _serve_config(*flags):
+    from folo_edu.config import EngineConfig
+
+    args = cli.build_parser().parse_args(["serve", *flags])
+    return EngineConfig.from_kwargs(args.model, **cli.serve_engine_kwargs(args))
+
+
+def test_serve_engine_flags_reach_the_config():
+    config = _serve_config("--dtype", "bfloat16", "--max-num-batched-tokens", "256",
+                           "--no-enable-prefix-caching", "--no-enable-chunked-prefill",
+                           "--linear-backend", "torch", "--attention-backend", "sdpa",
+                           "--max-num-seqs", "8", "--max-model-len", "512", "--seed", "3",
+                           "--enforce-eager")
+    mc, cc, sc = config.model_config, config.cache_config, config.scheduler_config
+    assert (mc.dtype, mc.max_model_len, mc.seed) == ("bfloat16", 512, 3)
+    assert (sc.max_num_batched_tokens, sc.max_num_seqs) == (256, 8)
+    assert cc.enable_prefix_caching is False and sc.enable_chunked_prefill is False
+    assert (config.linear_backend, config.attention_backend) == ("torch", "sdpa")
+    assert config.enforce_eager is True and config.torch_compile is False
+    on = _serve_config("--enable-prefix-caching", "--enable-chunked-prefill",
+                       "--linear-backend", "numba", "--dtype", "float64")
+    assert on.cache_config.enable_prefix_caching is True
+    assert on.scheduler_config.enable_chunked_prefill is True
+    assert (on.linear_backend, on.model_config.dtype) == ("numba", "float64")
+
+
+def test_serve_without_engine_flags_keeps_the_engine_defaults():
+    from folo_edu.config import EngineConfig
+
+    args = cli.build_parser().parse_args(["serve"])
+    kwargs = cli.serve_engine_kwargs(args)
+    for unset in ("max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill"):
+        assert unset not in kwargs  # left to the engine, not a copy of its default
+    ours = _serve_config()
+    engine_default = EngineConfig.from_kwargs(None, max_model_len=2048)
+    assert ours.cache_config == engine_default.cache_config
+    assert ours.scheduler_config == engine_default.scheduler_config
+    assert (ours.linear_backend, ours.model_config.dtype) == ("auto", "auto")
+
+
+def test_serve_passes_the_config_to_the_engine_and_serve(monkeypatch):
+    seen = {}
+
+    class FakeEngine:
+        def __init__(self, config):
+            seen["config"] = config
+
+    monkeypatch.setattr("folo_edu.engine.llm_engine.LLMEngine", FakeEngine)
+    monkeypatch.setattr("folo_edu.entrypoints.api_server.serve",
+                        lambda engine, name, host, port, **kw: seen.update(
+                            engine=engine, name=name, port=port, **kw))
+    assert cli.main(["serve", "--port", "0", "--linear-backend", "torch", "--dtype",
+                     "float32", "--max-num-batched-tokens", "128",
+                     "--no-enable-prefix-caching"]) == 0
+    config = seen["config"]
+    assert isinstance(seen["engine"], FakeEngine) and seen["name"] == "SmolLM2-135M-Instruct"
+    assert config.linear_backend == "torch" and config.model_config.dtype == "float32"
+    assert config.scheduler_config.max_num_batched_tokens == 128
+    assert config.cache_config.enable_prefix_caching is False
+
+
+def test_generate_and_chat_pass_linear_backend_to_llm(monkeypatch):
+    monkeypatch.undo()  # the real _load_llm, with LLM replaced
+    seen = []
+
+    def fake_llm(model, **kwargs):
+        seen.append(kwargs)
+        raise KeyboardInterrupt  # stop before anything would stream
+
+    monkeypatch.setattr("folo_edu.LLM", fake_llm)
+    assert cli.main(["generate", "hi", "--linear-backend", "numba"]) == cli.EXIT_INTERRUPTED
+    assert cli.main(["chat", "--linear-backend", "torch"]) == cli.EXIT_INTERRUPTED
+    assert [k["linear_backend"] for k in seen] == ["numba", "torch"]
+    assert cli.build_parser().parse_args(["generate", "x"]).linear_backend == "auto"
+
+
+def test_bench_has_no_linear_backend_flag():
+    assert "linear_backend" not in {a.dest for a in subparsers()["bench"]._actions}
 
 
 # ---- quantize --------------------------------------------------------------------------
