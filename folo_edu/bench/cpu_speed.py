@@ -58,6 +58,7 @@ class CpuSpeedConfig:
     # single decode; the others run the headline pair only, busy_repeats times (2 threads
     # on the shared 2-core course machine ran 6x slower than 1, even with nothing beside).
     full_threads: tuple[int, ...] = (1,)
+    busy_cells: bool = True           # False: the idle cells only (a long workload)
     hf_batch_size: int = 16
     hf_single_sample: int = 3
     single_new_tokens: int = 48
@@ -294,7 +295,7 @@ def run(cfg: CpuSpeedConfig) -> dict:
         peaks[threads] = matmul_peak(device, torch.float32, 2048, 5)
         steps += _decode_steps(cfg, (folo, folo_torch), threads, hf.num_parameters,
                                peaks[threads]["gflops_median"] * 1e9)
-        for busy in (False, True):
+        for busy in (False, True) if cfg.busy_cells else (False,):
             print(f"cell: {threads} thread(s), {'busy neighbour' if busy else 'idle'} ...",
                   flush=True)
             cells.append(_cell(cfg, (folo, folo_torch, hf), reqs, threads, busy))
