@@ -8,6 +8,7 @@ SchedulerOutput carries everything it reads, and the engine applies what it retu
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -129,16 +130,19 @@ class ModelRunner:
         slots_t = torch.tensor(slots, dtype=torch.long, device=dev)
         tables_t = torch.tensor([t + [0] * (width - len(t)) for t in tables],
                                 dtype=torch.long, device=dev)
-        if self.graph_runner is not None and len(input_ids) == len(query_lens):
-            # Decode-only step: replay a captured graph.
-            hidden = self.graph_runner.run(ids_t, pos_t, slots_t, tables_t,
-                                           torch.tensor(seq_lens, dtype=torch.int32, device=dev))
-        else:
-            meta = AttentionMetadata.build(query_lens, seq_lens, slots_t, tables_t,
-                                           self.block_size)
-            hidden = self.model(ids_t, pos_t, meta)
+        kernel = self.model.linear_kernel  # the CPU decode matmul, or None
+        with kernel.threads_for_step(len(input_ids)) if kernel else nullcontext():
+            if self.graph_runner is not None and len(input_ids) == len(query_lens):
+                # Decode-only step: replay a captured graph.
+                hidden = self.graph_runner.run(
+                    ids_t, pos_t, slots_t, tables_t,
+                    torch.tensor(seq_lens, dtype=torch.int32, device=dev))
+            else:
+                meta = AttentionMetadata.build(query_lens, seq_lens, slots_t, tables_t,
+                                               self.block_size)
+                hidden = self.model(ids_t, pos_t, meta)
+            logits = self.model.compute_logits(hidden[sample_rows]) if to_sample else None
         if to_sample:
-            logits = self.model.compute_logits(hidden[sample_rows])
             result = self.sampler(logits, self._sampling_metadata(to_sample))
             for i, s in enumerate(to_sample):
                 top = result.top_logprobs[i]

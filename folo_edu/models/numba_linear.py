@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from folo_edu.attention.numba_kernels import numba, numba_unavailable_reason, thread_pool
+from contextlib import nullcontext
+
+from folo_edu.attention.numba_kernels import (kernel_threads, numba, numba_unavailable_reason,
+                                              thread_pool, torch_on_one_thread)
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Up to this many rows the kernel beat torch in whole decode steps of the default model
@@ -96,6 +99,12 @@ class SkinnyMatmul:
                 and x.dtype == weight.dtype and x.dtype in SUPPORTED_DTYPES
                 and weight.is_contiguous() and not torch.is_grad_enabled())
 
+    def threads_for_step(self, num_tokens: int):
+        """A context for one forward pass: when every matmul of it runs here (at most
+        ``max_rows`` tokens), torch's ops run on one thread and the kernels on all of
+        them (numba_kernels.torch_on_one_thread says why)."""
+        return torch_on_one_thread() if num_tokens <= self.max_rows else nullcontext()
+
     def __call__(self, x: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
         """x [M, in], weight [out, in] (contiguous), bias [out] or None -> [M, out]."""
@@ -104,7 +113,7 @@ class SkinnyMatmul:
         xn, wn, on = x.numpy(), weight.numpy(), out.numpy()
         zero = xn.dtype.type(0)
         cols = weight.shape[0]
-        workers = min(torch.get_num_threads(), cols // 64 or 1)
+        workers = min(kernel_threads(), cols // 64 or 1)
         if workers <= 1:
             _matmul_cols(xn, wn, on, 0, cols, zero)
         else:

@@ -102,3 +102,27 @@ def test_engine_tokens_and_logprobs_equal_the_torch_matmul(tiny_model_dir, name)
             assert a.keys() == b.keys()
             for t in a:
                 assert abs(a[t].logprob - b[t].logprob) < 1e-9
+
+
+def test_torch_on_one_thread_lends_torch_threads_to_the_kernels():
+    from folo_edu.attention.numba_kernels import kernel_threads, torch_on_one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with torch_on_one_thread():
+            assert torch.get_num_threads() == 1 and kernel_threads() == 3
+            with torch_on_one_thread():  # nested: no change
+                assert torch.get_num_threads() == 1 and kernel_threads() == 3
+        assert torch.get_num_threads() == 3 and kernel_threads() == 3
+        with pytest.raises(RuntimeError):
+            with torch_on_one_thread():
+                raise RuntimeError("a failing step")
+        assert torch.get_num_threads() == 3 and kernel_threads() == 3  # restored anyway
+        k = _kernel(max_rows=4)
+        with k.threads_for_step(4):
+            assert torch.get_num_threads() == 1
+        with k.threads_for_step(5):  # a step torch's GEMM takes: torch keeps its threads
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
