@@ -103,11 +103,17 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _kernel_threads: int | None = None  # set while torch_on_one_thread() holds
 
 
-def thread_pool(workers: int) -> ThreadPoolExecutor:
-    """One pool of ``workers`` Python threads per process, shared by the Numba kernels."""
-    if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="folo-numba")
-    return _POOLS[workers]
+def run_split(kernel, args: tuple, cuts: list[int], zero) -> None:
+    """``kernel(*args, a, b, zero)`` for each slice [a, b) between consecutive ``cuts``,
+    all at once: the last slice on the calling thread, the others on a shared pool."""
+    slices = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+    helpers = len(slices) - 1
+    if helpers > 0 and helpers not in _POOLS:
+        _POOLS[helpers] = ThreadPoolExecutor(helpers, thread_name_prefix="folo-numba")
+    jobs = [_POOLS[helpers].submit(kernel, *args, a, b, zero) for a, b in slices[:-1]]
+    kernel(*args, *slices[-1], zero)
+    for job in jobs:
+        job.result()
 
 
 def kernel_threads() -> int:
@@ -155,13 +161,9 @@ class NumbaDecoder:
         if workers <= 1:
             _decode_rows(*args, 0, rows, zero)
             return out
-        pool = thread_pool(workers)
         # Cut at equal shares of key positions, not of rows: the work is the length.
         lens = seq_lens.to(torch.long).cumsum(0)
         cuts = [0] + [int(torch.searchsorted(lens, lens[-1] * i // workers))
                       for i in range(1, workers)] + [rows]
-        jobs = [pool.submit(_decode_rows, *args, a, b, zero)
-                for a, b in zip(cuts, cuts[1:]) if b > a]
-        for job in jobs:
-            job.result()
+        run_split(_decode_rows, args, cuts, zero)
         return out

@@ -24,7 +24,7 @@ import torch
 from contextlib import nullcontext
 
 from folo_edu.attention.numba_kernels import (kernel_threads, numba, numba_unavailable_reason,
-                                              thread_pool, torch_on_one_thread)
+                                              run_split, torch_on_one_thread)
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 # Up to this many rows the kernel beat torch in whole decode steps of the default model
@@ -116,12 +116,9 @@ class SkinnyMatmul:
         workers = min(kernel_threads(), cols // 64 or 1)
         if workers <= 1:
             _matmul_cols(xn, wn, on, 0, cols, zero)
-        else:
+        else:  # cuts at multiples of 4: whole tiles in every slice
             cuts = [cols * i // workers // 4 * 4 for i in range(workers)] + [cols]
-            jobs = [thread_pool(workers).submit(_matmul_cols, xn, wn, on, a, b, zero)
-                    for a, b in zip(cuts, cuts[1:])]
-            for job in jobs:
-                job.result()
+            run_split(_matmul_cols, (xn, wn, on), cuts, zero)
         if bias is not None:
             out += bias
         return out
