@@ -6,7 +6,7 @@ module docstring of folo_edu/engine/detokenizer.py); each table row is one rule.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from folo_edu import SamplingParams
@@ -236,6 +236,10 @@ PROPERTY = settings(max_examples=60, deadline=None,
        skip=st.booleans())
 def test_incremental_text_equals_decode(tok, prompt, output, skip):
     # Small ids are single bytes and special tokens: many split characters.
+    # A prompt that ends inside a character is left out: the output's first bytes then
+    # complete the prompt's character, which belongs to neither text (as in vLLM, whose
+    # offsets we use), while decode(output) alone shows them as U+FFFD.
+    assume(not tok.decode(prompt[-5:], skip_special_tokens=skip).endswith("\ufffd"))
     detok, stop, deltas = run(tok, output, prompt_ids=prompt, skip_special_tokens=skip)
     assert stop is None
     assert detok.output_text == tok.decode(output, skip_special_tokens=skip)
