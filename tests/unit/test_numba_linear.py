@@ -126,3 +126,23 @@ def test_torch_on_one_thread_lends_torch_threads_to_the_kernels():
             assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_engine_at_two_threads_gives_the_same_tokens_and_restores_torch(tiny_model_dir):
+    """Decode steps lend torch's threads to the kernels and give them back."""
+    path = str(tiny_model_dir("llama-gqa2-tied", dtype=torch.float64))
+    llm = LLM(path, dtype="float64", skip_tokenizer_init=True, max_model_len=128,
+              num_kv_blocks=64)
+    prompts = [{"prompt_token_ids": list(range(5, 30 + 9 * i))} for i in range(6)]
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    before = torch.get_num_threads()
+    tokens = {}
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs = llm.generate(prompts, params, use_tqdm=False)
+            assert torch.get_num_threads() == threads
+            tokens[threads] = [o.outputs[0].token_ids for o in outs]
+    finally:
+        torch.set_num_threads(before)
+    assert tokens[1] == tokens[2]
