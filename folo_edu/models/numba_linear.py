@@ -4,14 +4,14 @@ In a decode step each linear map multiplies a few token rows ([M, in], M = the
 running requests) by a weight matrix of millions of numbers. With M small the
 work is bound by reading the weights from memory: 540 MB per step for the default
 model in float32, whatever M is. torch's GEMM is built for large M; measured on a
-2-core EPYC (AVX2) at one thread, it reads the weights at 4-6 GB/s for M = 1-16,
-and M = 2-4 takes nearly twice as long as M = 1.
+2-core EPYC (AVX2) at one thread, it read the weights at 4-8 GB/s for M = 1-16
+(a plain sum reads 9-11 GB/s there), and M = 2-4 took nearly twice as long as M = 1.
 
 This kernel reads each weight row once and uses it for every token row while it is
 in cache: tiles of 4 weight rows x 2 token rows, the dot products over ``in``
 vectorized by LLVM (AVX2: 8 floats at a time). On that machine a whole decode step
-of the default model is 1.5-1.8x faster with it at 2-16 running requests, 1.2x at 32
-and about 1.1x at 64 (docs/dev/cpu_speed.md). Beyond ``MAX_ROWS`` rows (prefills)
+of the default model was 1.4-1.8x faster with it at 2-16 running requests and
+1.04-1.3x at 32-64 (docs/dev/cpu_speed.md). Beyond ``MAX_ROWS`` rows (prefills)
 torch's blocked GEMM, which keeps tiles of x in cache too, is as fast or faster.
 
 Numba compiles it on first use (a few seconds per dtype) and caches the machine
@@ -19,9 +19,9 @@ code on disk. It releases the GIL, so output columns are split across Python thr
 """
 from __future__ import annotations
 
-import torch
-
 from contextlib import nullcontext
+
+import torch
 
 from folo_edu.attention.numba_kernels import (kernel_threads, numba, numba_unavailable_reason,
                                               run_split, torch_on_one_thread)
