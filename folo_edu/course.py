@@ -47,14 +47,15 @@ MILESTONES: tuple[Milestone, ...] = (
               "a scheduler with a token budget: requests join and leave the batch every step",
               "`engine/scheduler.py`, `engine/model_runner.py`",
               BUILT, ("learn/04_continuous_batching.md", "dev/milestone_2.md"),
-              note="speed goals not met on 2 CPU cores: docs/dev/milestone_2.md"),
+              note="3x static batches met with the CPU kernels (3.12x), 10x one at a time "
+                   "not (6.67x): docs/dev/milestone_2.md, docs/dev/cpu_speed.md"),
     Milestone("M3", ("05_paged_kv_cache",),
               "the block pool, the KV cache manager, paged attention, preemption",
               "`kv_cache/` block pool and manager, `attention/` paged",
               BUILT, ("learn/05_paged_kv_cache.md", "dev/milestone_3.md")),
     Milestone("M4", ("06_cuda_forward_pass",),
-              "attention backends (paged-torch, flex, Triton kernels), CUDA graphs, "
-              "torch.compile",
+              "attention backends (paged-torch, flex, Triton and CPU Numba kernels), "
+              "CUDA graphs, torch.compile",
               "`attention/` backends and Triton kernels, `scripts/gpu_check.sh`",
               BUILT, ("learn/06_cuda_forward_pass.md", "dev/milestone_4.md"),
               note="GPU matrix not yet run on a GPU: docs/dev/milestone_4.md"),
@@ -74,8 +75,9 @@ MILESTONES: tuple[Milestone, ...] = (
               "4-bit GPTQ weights",
               "`quantization/`, `folo-edu quantize`",
               BUILT, ("learn/09_gptq_quantization.md", "dev/milestone_7.md"),
-              note="CPU sweep partial on 2 loaded cores, Triton kernel never run on a "
-                   "GPU: docs/dev/milestone_7.md"),
+              note="perplexity goal (1.15x fp32) not met on a model that is itself a "
+                   "dequantized Q4_1, Triton kernel never run on a GPU: "
+                   "docs/dev/milestone_7.md"),
     Milestone("serving", ("10_serving",),
               "`folo-edu serve`: an OpenAI-compatible server, latency against load",
               "`entrypoints/`, `bench/serving.py`",
