@@ -8,7 +8,6 @@ SchedulerOutput carries everything it reads, and the engine applies what it retu
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -130,8 +129,7 @@ class ModelRunner:
         slots_t = torch.tensor(slots, dtype=torch.long, device=dev)
         tables_t = torch.tensor([t + [0] * (width - len(t)) for t in tables],
                                 dtype=torch.long, device=dev)
-        kernel = self.model.linear_kernel  # the CPU decode matmul, or None
-        with kernel.threads_for_step(len(input_ids)) if kernel else nullcontext():
+        with self.model.threads_for_step(len(input_ids)):  # see numba_kernels
             if self.graph_runner is not None and len(input_ids) == len(query_lens):
                 # Decode-only step: replay a captured graph.
                 hidden = self.graph_runner.run(

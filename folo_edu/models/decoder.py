@@ -9,6 +9,8 @@ positions, and an AttentionMetadata saying where their K/V live in the cache.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
@@ -140,6 +142,17 @@ class DecoderModel(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.matmul = kernel
+
+    def threads_for_step(self, num_tokens: int):
+        """The thread context of one forward pass of ``num_tokens`` tokens: the kernel's
+        (torch's threads lent to it) when it runs every linear map of the step, else none.
+        A GPTQ model's quantized maps (M7) run torch ops and keep torch's threads."""
+        maps = [m for layer in self.layers for m in (
+            layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
+            layer.mlp.down_proj)]
+        if self.linear_kernel is None or not all(isinstance(m, Linear) for m in maps):
+            return nullcontext()
+        return self.linear_kernel.threads_for_step(num_tokens)
 
     def compile_dense(self) -> None:
         """torch.compile each layer's dense halves (dynamic in the token count)."""

@@ -146,3 +146,26 @@ def test_engine_at_two_threads_gives_the_same_tokens_and_restores_torch(tiny_mod
     finally:
         torch.set_num_threads(before)
     assert tokens[1] == tokens[2]
+
+
+def test_threads_are_lent_only_when_the_kernel_runs_every_map():
+    """A model whose maps are not all kernel Linears (GPTQ's QuantLinear, M7) keeps
+    torch's threads in its steps: those maps run torch ops."""
+    from folo_edu.attention import get_backend
+    from folo_edu.models.decoder import DecoderModel, DecoderSpec
+    from folo_edu.models.tiny import tiny_hf_config
+
+    model = DecoderModel(DecoderSpec(tiny_hf_config("llama-gqa2-tied")), get_backend("sdpa"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with model.threads_for_step(1):  # no kernel set
+            assert torch.get_num_threads() == 2
+        model.set_linear_kernel(_kernel())
+        with model.threads_for_step(1):
+            assert torch.get_num_threads() == 1
+        model.layers[0].mlp.down_proj = torch.nn.Identity()  # stands in for a QuantLinear
+        with model.threads_for_step(1):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
