@@ -317,7 +317,8 @@ def _cmd_bench_serving(args, output: str) -> int:
         num_requests=args.num_requests or defaults.num_requests,
         output_len=args.output_len or defaults.output_len, seed=args.seed,
         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        attention_backend=args.attention_backend, output=output)
+        attention_backend=args.attention_backend,
+        max_num_batched_tokens=args.max_num_batched_tokens, output=output)
     serving.check_config(cfg)  # before the server starts
     serving.run(cfg)
     return 0
@@ -547,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folo_edu: KV cache layout")
     p.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
                    help="folo_edu: attention implementation")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="serving: the server's token budget per step, >= --max-num-seqs "
+                        "(default: the engine's, 2048)")
     p.set_defaults(func=_cmd_bench, command_parser=p)
 
     help_ = ("run a learner's notebook top to bottom and report every lab check: Correct, "

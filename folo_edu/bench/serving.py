@@ -53,6 +53,7 @@ class ServingConfig:
     max_model_len: int = 1024
     max_num_seqs: int = 64
     attention_backend: str = "auto"     # the server's --attention-backend
+    max_num_batched_tokens: int | None = None  # the server's token budget (M5); None: its own
     metrics_poll_s: float = 0.5         # /metrics sampling period while a rate runs
     request_timeout_s: float = 600.0
     startup_timeout_s: float = 300.0
@@ -325,10 +326,22 @@ def check_config(cfg: ServingConfig) -> None:
         ("max_model_len", cfg.max_model_len, hi + cfg.output_len <= cfg.max_model_len,
          f">= the longest prompt + output_len = {hi + cfg.output_len}"),
         ("warmup_requests", cfg.warmup_requests, cfg.warmup_requests >= 0, "an int >= 0"),
+        ("max_num_batched_tokens", cfg.max_num_batched_tokens,
+         cfg.max_num_batched_tokens is None or cfg.max_num_batched_tokens >= cfg.max_num_seqs,
+         f"None or an int >= max_num_seqs={cfg.max_num_seqs}"),
     ]
     for name, value, ok, expected in checks:
         if not ok:
             raise ValueError(f"ServingConfig.{name}={value!r}: expected {expected}")
+
+
+def server_args(cfg: ServingConfig) -> list[str]:
+    """The engine flags of the `folo-edu serve` the sweep starts."""
+    args = ["--max-num-seqs", str(cfg.max_num_seqs), "--seed", str(cfg.seed),
+            "--attention-backend", cfg.attention_backend]
+    if cfg.max_num_batched_tokens is not None:
+        args += ["--max-num-batched-tokens", str(cfg.max_num_batched_tokens)]
+    return args
 
 
 def run_serving(cfg: ServingConfig, server=None) -> dict:
@@ -344,9 +357,7 @@ def run_serving(cfg: ServingConfig, server=None) -> dict:
     own = server is None
     if own:
         server = ServerProcess(path, threads=cfg.threads, max_model_len=cfg.max_model_len,
-                               extra_args=["--max-num-seqs", str(cfg.max_num_seqs),
-                                           "--seed", str(cfg.seed),
-                                           "--attention-backend", cfg.attention_backend],
+                               extra_args=server_args(cfg),
                                startup_timeout=cfg.startup_timeout_s)
         print(f"starting folo-edu serve on {Path(path).name} ...", flush=True)
         server.start()

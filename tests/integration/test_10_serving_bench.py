@@ -75,6 +75,9 @@ def test_bench_serving_flags_are_checked_before_the_server_starts(capsys):
     assert "--output-len=0" in capsys.readouterr().err
     assert main(["bench", "--workload", "serving", "--max-model-len", "100"]) == 2
     assert "--max-model-len=100: expected >= the longest prompt" in capsys.readouterr().err
+    assert main(["bench", "--workload", "serving", "--max-num-batched-tokens", "16"]) == 2
+    assert ("--max-num-batched-tokens=16: expected None or an int >= --max-num-seqs=64"
+            in capsys.readouterr().err)
 
 
 def test_bench_serving_never_overwrites_the_committed_results_by_default(monkeypatch):
@@ -93,6 +96,16 @@ def test_bench_serving_never_overwrites_the_committed_results_by_default(monkeyp
                      "inf", "--attention-backend", "sdpa"]) == 0
     assert (seen[1].output, seen[1].rates, seen[1].attention_backend) == (
         "x.json", (3.0, float("inf")), "sdpa")
+    assert cfg.max_num_batched_tokens is None  # the server keeps its own budget
+    assert "--max-num-batched-tokens" not in serving_args(cfg)
+    assert cli.main(["bench", "--workload", "serving", "--max-num-batched-tokens", "128"]) == 0
+    assert serving_args(seen[2])[-2:] == ["--max-num-batched-tokens", "128"]
+
+
+def serving_args(cfg):
+    from folo_edu.bench.serving import server_args
+
+    return server_args(cfg)
 
 
 def test_server_process_and_the_lab_check_against_it(model_path, capsys):
