@@ -54,8 +54,8 @@ class CpuSpeedConfig:
     output_lens: tuple[int, int] = (16, 96)
     repeats: int = 3                  # folo_edu vs static batches, idle cells
     busy_repeats: int = 1             # the same pair beside the neighbour (7x slower)
-    # Thread counts whose idle cell also runs sdpa, transformers CB, one at a time and
-    # single decode; the others run the headline pair only, busy_repeats times (2 threads
+    # Thread counts whose idle cell also runs folo_edu torch, transformers CB, one at a
+    # time and single decode; the others run the headline pair only, busy_repeats times (2 threads
     # on the shared 2-core course machine ran 6x slower than 1, even with nothing beside).
     full_threads: tuple[int, ...] = (1,)
     busy_cells: bool = True           # False: the idle cells only (a long workload)

@@ -83,10 +83,6 @@ if numba is not None:
                               fastmath={"reassoc", "contract", "arcp"})(_matmul_cols)
 
 
-def linear_unavailable_reason() -> str | None:
-    return numba_unavailable_reason()
-
-
 class SkinnyMatmul:
     """``F.linear`` for at most ``max_rows`` rows on a CPU, split over torch's thread count."""
 
@@ -133,7 +129,7 @@ def get_linear_kernel(name: str, device: torch.device, dtype: torch.dtype,
     """
     if name == "torch":
         return None
-    reason = linear_unavailable_reason()
+    reason = numba_unavailable_reason()
     if device.type != "cpu":
         reason = f"it is a CPU kernel and this engine runs on {device.type}"
     elif torch_compile:
